@@ -1,0 +1,312 @@
+//! The command line: argv in, a [`Command`] out. Only reads strings; no system calls.
+//!
+//! Three spellings of a mount are accepted (DESIGN.md §2): the `mount` subcommand, the
+//! fuse-overlayfs form `overlayfuse -o lowerdir=... MERGED` that podman runs, and the
+//! mount.fuse3 form `overlayfuse SOURCE MERGED -o ...` that `mount -t fuse.overlayfuse` and
+//! fstab lines run.
+
+pub mod optlist;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+
+/// A mount request as written, before validation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountArgs {
+    /// `--lower A:B`, if given.
+    pub lower: Option<String>,
+    /// `--upper U`, if given.
+    pub upper: Option<PathBuf>,
+    /// `--work W`, if given.
+    pub work: Option<PathBuf>,
+    /// Every `-o` list, in order.
+    pub options: Vec<String>,
+    /// `-f`: stay in the foreground.
+    pub foreground: bool,
+    /// `-d`: debug output (implies foreground, as with libfuse).
+    pub debug: bool,
+    /// The mount.fuse3 source argument, if given.
+    pub source: Option<String>,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Mount layers.
+    Mount(MountArgs),
+    /// Unmount a merged directory.
+    Umount(PathBuf),
+    /// Build sample layers, mount them, show the merged view, unmount.
+    Demo,
+    /// Print this text (help or version) and exit 0.
+    Print(String),
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  overlayfuse mount --lower /img/top:/img/base /mnt/merged
+      read-only merged view of two layers (the leftmost is the top one)
+  overlayfuse -o lowerdir=/img/top:/img/base /mnt/merged
+      the same, as fuse-overlayfs and podman's mount_program spell it
+  mount -t fuse.overlayfuse overlayfuse /mnt/merged -o lowerdir=/img/top:/img/base
+      through mount.fuse3 (or an fstab line of type fuse.overlayfuse)
+  overlayfuse umount /mnt/merged
+  overlayfuse demo
+
+Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, debug,
+  threaded=N, timeout=SECONDS, dev, nodev, suid, nosuid, exec, noexec, atime, noatime,
+  allow_other, fsync=0|1, volatile; options of the kernel overlay and of SELinux that do not
+  apply (context=, metacopy=, redirect_dir=, index=, xino=, userxattr, ...) are accepted and
+  ignored. Without -f the command returns once the mount is live.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "overlayfuse",
+    version,
+    about = "A union filesystem in userspace with the semantics of the kernel's overlayfs",
+    after_help = EXAMPLES,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Mount layers as one merged directory.
+    Mount {
+        /// Lower layers, colon-separated, topmost first (`\:` for a colon in a path).
+        #[arg(long, value_name = "DIR[:DIR...]")]
+        lower: Option<String>,
+        /// Writable upper layer.
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        /// Work directory, on the upper layer's filesystem.
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        /// Mount options, comma-separated (repeatable).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+        /// Stay in the foreground instead of returning once mounted.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Debug output on stderr (implies --foreground).
+        #[arg(short, long)]
+        debug: bool,
+        /// The merged directory.
+        mountpoint: PathBuf,
+    },
+    /// Unmount a merged directory; its daemon then exits.
+    Umount {
+        /// The merged directory.
+        mountpoint: PathBuf,
+    },
+    /// Build sample image layers, mount them, show the merged view and where each entry
+    /// comes from, then unmount.
+    Demo,
+}
+
+const SUBCOMMANDS: [&str; 6] = ["mount", "umount", "demo", "help", "--help", "-h"];
+
+/// Parses the whole argv (program name first).
+pub fn parse(args: Vec<OsString>) -> Result<Command, Error> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    if args.len() < 2 || SUBCOMMANDS.contains(&first) || first == "--version" || first == "-V" {
+        return parse_subcommand(args);
+    }
+    parse_legacy(&args[1..])
+}
+
+fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            return match e.kind() {
+                K::DisplayHelp | K::DisplayVersion => Ok(Command::Print(e.to_string())),
+                K::DisplayHelpOnMissingArgumentOrSubcommand => Err(Error::usage(
+                    "no command given: try 'overlayfuse mount --lower DIR MERGED' or --help",
+                )),
+                _ => {
+                    let text = e.to_string();
+                    let first = text.lines().next().unwrap_or("invalid arguments");
+                    let first = first.trim_start_matches("error: ");
+                    Err(Error::usage(format!("{first}; see 'overlayfuse --help'")))
+                }
+            };
+        }
+    };
+    Ok(match cli.command {
+        Sub::Mount {
+            lower,
+            upper,
+            work,
+            options,
+            foreground,
+            debug,
+            mountpoint,
+        } => Command::Mount(MountArgs {
+            lower,
+            upper,
+            work,
+            options,
+            foreground,
+            debug,
+            source: None,
+            mountpoint,
+        }),
+        Sub::Umount { mountpoint } => Command::Umount(mountpoint),
+        Sub::Demo => Command::Demo,
+    })
+}
+
+/// The fuse-overlayfs and mount.fuse3 forms: flags `-o OPTS`, `-oOPTS`, `-f`, `-d`, then one
+/// or two positional arguments, in any order.
+fn parse_legacy(args: &[OsString]) -> Result<Command, Error> {
+    let mut out = MountArgs::default();
+    let mut positional: Vec<OsString> = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let Some(text) = arg.to_str() else {
+            positional.push(arg.clone());
+            continue;
+        };
+        match text {
+            "-o" => {
+                let list = it.next().ok_or_else(|| {
+                    Error::usage("-o needs an option list, e.g. -o lowerdir=/a:/b")
+                })?;
+                let list = list
+                    .to_str()
+                    .ok_or_else(|| Error::usage("-o list is not UTF-8"))?;
+                out.options.push(list.to_owned());
+            }
+            "-f" | "--foreground" => out.foreground = true,
+            "-d" | "--debug" => out.debug = true,
+            "-h" | "--help" => {
+                return parse_subcommand(vec!["overlayfuse".into(), "--help".into()])
+            }
+            "-V" | "--version" => {
+                return Ok(Command::Print(format!(
+                    "overlayfuse {}\n",
+                    env!("CARGO_PKG_VERSION")
+                )))
+            }
+            s if s.starts_with("-o") => out.options.push(s[2..].to_owned()),
+            s if s.starts_with('-') && s.len() > 1 => {
+                return Err(Error::usage(format!(
+                    "unknown flag '{s}'; see 'overlayfuse --help'"
+                )))
+            }
+            _ => positional.push(arg.clone()),
+        }
+    }
+    match positional.len() {
+        1 => out.mountpoint = PathBuf::from(&positional[0]),
+        2 => {
+            out.source = Some(positional[0].to_string_lossy().into_owned());
+            out.mountpoint = PathBuf::from(&positional[1]);
+        }
+        0 => {
+            return Err(Error::usage(
+                "no mount point given: overlayfuse -o lowerdir=DIR MERGED",
+            ))
+        }
+        _ => {
+            return Err(Error::usage(format!(
+                "too many arguments ({}): give [SOURCE] MERGED and options with -o",
+                positional.len()
+            )))
+        }
+    }
+    Ok(Command::Mount(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<OsString> {
+        std::iter::once("overlayfuse")
+            .chain(s.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn mount(s: &[&str]) -> MountArgs {
+        match parse(argv(s)).unwrap() {
+            Command::Mount(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mount_subcommand_takes_flags() {
+        let m = mount(&["mount", "--lower", "/a:/b", "-o", "ro", "-f", "/m"]);
+        assert_eq!(m.lower.as_deref(), Some("/a:/b"));
+        assert_eq!(m.options, vec!["ro"]);
+        assert!(m.foreground);
+        assert_eq!(m.mountpoint, PathBuf::from("/m"));
+    }
+
+    #[test]
+    fn the_fuse_overlayfs_form_is_a_mount() {
+        let m = mount(&["-o", "lowerdir=/a,upperdir=/u,workdir=/w", "/m"]);
+        assert_eq!(m.options, vec!["lowerdir=/a,upperdir=/u,workdir=/w"]);
+        assert_eq!(m.source, None);
+        let m = mount(&["-olowerdir=/a", "-f", "/m"]);
+        assert_eq!(m.options, vec!["lowerdir=/a"]);
+    }
+
+    #[test]
+    fn the_mount_fuse3_form_has_a_source() {
+        let m = mount(&["overlayfuse", "/m", "-o", "rw,lowerdir=/a"]);
+        assert_eq!(m.source.as_deref(), Some("overlayfuse"));
+        assert_eq!(m.mountpoint, PathBuf::from("/m"));
+    }
+
+    #[test]
+    fn bad_command_lines_are_usage_errors() {
+        for bad in [
+            &["-o"][..],
+            &["-x", "/m"],
+            &["-o", "lowerdir=/a"],
+            &["a", "b", "c"],
+        ] {
+            let e = parse(argv(bad)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(!e.message.contains('\n'));
+        }
+        let e = parse(argv(&["mount", "--bogus", "/m"])).unwrap_err();
+        assert!(e.message.contains("--bogus"), "{e}");
+    }
+
+    #[test]
+    fn help_and_version_print() {
+        assert!(
+            matches!(parse(argv(&["--help"])).unwrap(), Command::Print(t) if t.contains("Examples"))
+        );
+        assert!(
+            matches!(parse(argv(&["--version"])).unwrap(), Command::Print(t) if t.contains("overlayfuse"))
+        );
+        assert!(matches!(
+            parse(argv(&["-o", "x", "--version"])).unwrap(),
+            Command::Print(_)
+        ));
+    }
+
+    #[test]
+    fn umount_and_demo() {
+        assert_eq!(
+            parse(argv(&["umount", "/m"])).unwrap(),
+            Command::Umount("/m".into())
+        );
+        assert_eq!(parse(argv(&["demo"])).unwrap(), Command::Demo);
+    }
+}

@@ -1,0 +1,387 @@
+//! [`MountConfig`]: a mount request validated as far as strings allow (pure: no system calls).
+//! The checks that need the filesystem (existence, nesting, same device) are in
+//! `crate::preflight`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::optlist::{split_layers, split_options};
+use crate::cli::MountArgs;
+use crate::error::Error;
+
+/// Kernel mount flags the user may choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountFlag {
+    /// Allow device nodes (default off, as for every FUSE mount).
+    Dev,
+    /// Refuse device nodes.
+    NoDev,
+    /// Honour setuid/setgid bits (default off).
+    Suid,
+    /// Ignore setuid/setgid bits.
+    NoSuid,
+    /// Allow execution.
+    Exec,
+    /// Refuse execution.
+    NoExec,
+    /// Update access times.
+    Atime,
+    /// Never update access times.
+    NoAtime,
+}
+
+/// A validated mount request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountConfig {
+    /// Lower layers, topmost first, absolute.
+    pub lowers: Vec<PathBuf>,
+    /// The merged directory, absolute.
+    pub mountpoint: PathBuf,
+    /// What `/proc/mounts` shows as the source.
+    pub fsname: String,
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Debug logging.
+    pub debug: bool,
+    /// Kernel mount flags, in the order given.
+    pub flags: Vec<MountFlag>,
+    /// `allow_other` asked for explicitly (root mounts have it anyway).
+    pub allow_other: bool,
+    /// Request-serving threads.
+    pub threads: usize,
+    /// How long the kernel may cache entries and attributes.
+    pub timeout: Duration,
+}
+
+/// Default kernel cache time: the lower layers are frozen for the mount's life.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of request threads.
+pub const DEFAULT_THREADS: usize = 2;
+const MAX_THREADS: usize = 64;
+/// Most lower layers accepted (the kernel overlay's own limit is 500).
+pub const MAX_LOWERS: usize = 500;
+
+/// Options that kernel overlayfs, SELinux or mount(8) pass and that have no meaning here.
+const IGNORED_KEYS: [&str; 16] = [
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "metacopy",
+    "redirect_dir",
+    "index",
+    "xino",
+    "nfs_export",
+    "uuid",
+    "verity",
+    "fast_ino",
+    "writeback",
+    "comment",
+    "max_idle_threads",
+    "plugins",
+];
+const IGNORED_FLAGS: [&str; 20] = [
+    "userxattr",
+    "rw",
+    "relatime",
+    "strictatime",
+    "lazytime",
+    "nodiratime",
+    "diratime",
+    "sync",
+    "async",
+    "dirsync",
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "users",
+    "owner",
+    "group",
+    "noacl",
+];
+/// fuse-overlayfs options for rootless set-ups that are not implemented yet.
+const UNSUPPORTED: [&str; 9] = [
+    "uidmapping",
+    "gidmapping",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "xattr_permissions",
+    "static_nlink",
+    "ino32_t",
+    "noxattrs",
+];
+
+#[derive(Default)]
+struct Layers {
+    lower: Option<String>,
+    upper: Option<PathBuf>,
+    work: Option<PathBuf>,
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, what: &str) -> Result<(), Error> {
+    if slot.is_some() {
+        return Err(Error::usage(format!("{what} is given twice: give it once")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn absolute(path: &Path, what: &str) -> Result<PathBuf, Error> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::usage(format!(
+            "{what} is empty: give an absolute directory path"
+        )));
+    }
+    if !path.is_absolute() {
+        return Err(Error::invalid(format!(
+            "{what} '{}' is a relative path: give an absolute path",
+            path.display()
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+impl MountConfig {
+    /// Validates a mount request.
+    pub fn from_args(args: &MountArgs) -> Result<MountConfig, Error> {
+        let mut layers = Layers {
+            lower: args.lower.clone(),
+            upper: args.upper.clone(),
+            work: args.work.clone(),
+        };
+        let mut cfg = MountConfig {
+            lowers: Vec::new(),
+            mountpoint: absolute(&args.mountpoint, "mount point")?,
+            fsname: args.source.clone().unwrap_or_else(|| "overlayfuse".into()),
+            foreground: args.foreground || args.debug,
+            debug: args.debug,
+            flags: Vec::new(),
+            allow_other: false,
+            threads: DEFAULT_THREADS,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        for list in &args.options {
+            for item in split_options(list)? {
+                cfg.apply(&item, &mut layers)?;
+            }
+        }
+        let lower = layers.lower.ok_or_else(|| {
+            Error::usage("no lower layer: give --lower DIR[:DIR...] or -o lowerdir=DIR[:DIR...]")
+        })?;
+        for path in split_layers(&lower, "lowerdir")? {
+            cfg.lowers.push(absolute(&path, "lowerdir")?);
+        }
+        if cfg.lowers.len() > MAX_LOWERS {
+            return Err(Error::invalid(format!(
+                "{} lower layers given, at most {MAX_LOWERS} are supported: flatten some layers",
+                cfg.lowers.len()
+            )));
+        }
+        match (layers.upper, layers.work) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::usage(
+                    "upperdir needs a workdir on the same filesystem: add it",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::usage(
+                    "workdir is given without upperdir: add upperdir or drop workdir",
+                ))
+            }
+            (Some(u), Some(w)) => {
+                absolute(&u, "upperdir")?;
+                absolute(&w, "workdir")?;
+                return Err(Error::invalid(
+                    "a writable upperdir is not supported by this version yet: mount the layers \
+                     read-only (lowerdir only)",
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, item: &str, layers: &mut Layers) -> Result<(), Error> {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        let need = |v: Option<&str>| -> Result<String, Error> {
+            match v {
+                Some(v) if !v.is_empty() => Ok(v.to_owned()),
+                _ => Err(Error::usage(format!(
+                    "option '{key}' needs a value: {key}=VALUE"
+                ))),
+            }
+        };
+        let flag = |v: Option<&str>| -> Result<(), Error> {
+            match v {
+                None => Ok(()),
+                Some(_) => Err(Error::usage(format!(
+                    "option '{key}' takes no value: write '{key}'"
+                ))),
+            }
+        };
+        match key {
+            "lowerdir" => set_once(&mut layers.lower, need(value)?, "lowerdir")?,
+            "upperdir" => set_once(&mut layers.upper, need(value)?.into(), "upperdir")?,
+            "workdir" => set_once(&mut layers.work, need(value)?.into(), "workdir")?,
+            "ro" => flag(value)?,
+            "debug" => {
+                flag(value)?;
+                self.debug = true;
+                self.foreground = true;
+            }
+            "allow_other" | "allow_root" | "default_permissions" => {
+                flag(value)?;
+                self.allow_other |= key == "allow_other";
+            }
+            "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" => {
+                flag(value)?;
+                self.flags.push(match key {
+                    "dev" => MountFlag::Dev,
+                    "nodev" => MountFlag::NoDev,
+                    "suid" => MountFlag::Suid,
+                    "nosuid" => MountFlag::NoSuid,
+                    "exec" => MountFlag::Exec,
+                    "noexec" => MountFlag::NoExec,
+                    "atime" => MountFlag::Atime,
+                    _ => MountFlag::NoAtime,
+                });
+            }
+            "threaded" | "threads" => {
+                let n: usize = need(value)?.parse().map_err(|_| {
+                    Error::usage(format!(
+                        "{key}={} is not a number: give 1 to {MAX_THREADS}",
+                        value.unwrap_or("")
+                    ))
+                })?;
+                // fuse-overlayfs spells "single-threaded" threaded=0.
+                self.threads = n.clamp(1, MAX_THREADS);
+            }
+            "timeout" => {
+                let v = need(value)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        Error::usage(format!(
+                            "timeout={v} is not a number of seconds: e.g. timeout=1"
+                        ))
+                    })?;
+                self.timeout = Duration::from_secs_f64(secs.min(86_400.0));
+            }
+            "fsync" => match value {
+                Some("0") | Some("1") => {}
+                _ => {
+                    return Err(Error::usage(
+                        "fsync takes 0 or 1: fsync=0 skips syncs on copy-up",
+                    ))
+                }
+            },
+            "volatile" => flag(value)?,
+            k if UNSUPPORTED.contains(&k) => {
+                return Err(Error::invalid(format!(
+                    "option '{k}' is not supported by this version yet: mount without it"
+                )))
+            }
+            k if IGNORED_KEYS.contains(&k) || IGNORED_FLAGS.contains(&k) || k.starts_with("x-") => {
+                log::debug!("ignoring option '{item}'");
+            }
+            _ => {
+                return Err(Error::usage(format!(
+                    "unknown option '{key}'; see 'overlayfuse --help' for the options"
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(options: &[&str]) -> MountArgs {
+        MountArgs {
+            options: options.iter().map(|s| s.to_string()).collect(),
+            mountpoint: "/m".into(),
+            ..MountArgs::default()
+        }
+    }
+
+    #[test]
+    fn podman_style_options_are_accepted() {
+        let cfg = MountConfig::from_args(&args(&[
+            "lowerdir=/l1:/l2,,context=\"system_u:object_r:container_file_t:s0:c1,c2\",nodev,metacopy=on,redirect_dir=on,index=off,xino=off,userxattr,x-systemd.automount",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.lowers, vec![PathBuf::from("/l1"), "/l2".into()]);
+        assert_eq!(cfg.flags, vec![MountFlag::NoDev]);
+    }
+
+    #[test]
+    fn lower_from_flag_and_option_conflict() {
+        let mut a = args(&["lowerdir=/x"]);
+        a.lower = Some("/y".into());
+        assert!(MountConfig::from_args(&a)
+            .unwrap_err()
+            .message
+            .contains("twice"));
+    }
+
+    #[test]
+    fn relative_and_missing_paths_are_refused() {
+        assert_eq!(
+            MountConfig::from_args(&args(&["lowerdir=rel"]))
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert!(MountConfig::from_args(&args(&["ro"]))
+            .unwrap_err()
+            .message
+            .contains("no lower"));
+        let mut a = args(&["lowerdir=/a"]);
+        a.mountpoint = "m".into();
+        assert!(MountConfig::from_args(&a)
+            .unwrap_err()
+            .message
+            .contains("relative"));
+    }
+
+    #[test]
+    fn malformed_options_are_refused_with_one_line() {
+        for bad in [
+            "lowerdir=/a,bogus",
+            "lowerdir=/a,threaded=x",
+            "lowerdir=/a,timeout=-1",
+            "lowerdir=/a,fsync=2",
+            "lowerdir=/a,ro=1",
+            "lowerdir=",
+            "lowerdir=/a,upperdir=/u",
+            "lowerdir=/a,workdir=/w",
+            "lowerdir=/a,uidmapping=0:1:1",
+        ] {
+            let e = MountConfig::from_args(&args(&[bad])).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(!e.to_string().contains('\n'), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_flags_are_read() {
+        let cfg = MountConfig::from_args(&args(&[
+            "lowerdir=/a,threaded=4,timeout=2.5,debug,allow_other",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.threads, 4);
+        assert_eq!(cfg.timeout, Duration::from_millis(2500));
+        assert!(cfg.debug && cfg.foreground && cfg.allow_other);
+    }
+}

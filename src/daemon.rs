@@ -1,0 +1,192 @@
+//! Running a mount: check the directories, open the layers, then either serve in the
+//! foreground or fork a daemon and return once its mount is live.
+//!
+//! Order matters: everything that can fail because of the user's input happens before the
+//! fork, so the error reaches the user's terminal with exit status 2 and nothing is mounted.
+//! The fork happens while the process is single-threaded. The daemon detaches from the
+//! caller's stdout and stderr *before* it reports "ready", so a caller that reads our output
+//! to EOF (podman does) is released when the parent exits.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::MountOption;
+
+use crate::config::{MountConfig, MountFlag};
+use crate::error::Error;
+use crate::fs::{Layer, Overlay};
+use crate::fuse::session::{self, MountSpec};
+use crate::fuse::OverlayFs;
+use crate::sys::{process, Errno};
+use crate::{logger, preflight};
+
+const READY: &str = "ready";
+
+/// Mounts as `cfg` says. In the foreground this returns when the mount ends; otherwise the
+/// parent returns once the daemon's mount is live and the daemon returns when it ends.
+pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
+    if cfg.debug {
+        logger::enable_debug();
+    }
+    let checked = preflight::check(cfg)?;
+    let mut layers = Vec::with_capacity(checked.lowers.len());
+    for (index, dir) in checked.lowers.iter().enumerate() {
+        let layer = Layer::open(index, &dir.real).map_err(|e| {
+            Error::invalid(format!(
+                "{} '{}' cannot be opened: {e}",
+                dir.role,
+                dir.given.display()
+            ))
+        })?;
+        layers.push(layer);
+    }
+    if let Err(Errno::ENOSYS) = layers[0].dir(Path::new("")) {
+        return Err(Error::runtime(
+            "this kernel lacks openat2(2): Linux 5.6 or newer is needed",
+        ));
+    }
+    let core =
+        Overlay::new(layers).map_err(|e| Error::invalid(format!("cannot read the layers: {e}")))?;
+    if let Err(e) = process::raise_nofile_limit() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
+    let spec = MountSpec {
+        mountpoint: checked.mountpoint.real.clone(),
+        fsname: cfg.fsname.clone(),
+        flags: kernel_flags(cfg),
+        allow_other: cfg.allow_other || process::euid() == 0,
+        threads: cfg.threads,
+    };
+    let fs = OverlayFs::new(Arc::new(core), cfg.timeout);
+    if cfg.foreground {
+        block_termination_signals()?;
+        let mounted = session::mount(fs, &spec).map_err(|e| mount_error(&spec, e))?;
+        return serve(mounted);
+    }
+    match process::fork_with_pipe().map_err(|e| Error::runtime(format!("cannot fork: {e}")))? {
+        process::Forked::Parent { ready } => wait_ready(ready),
+        process::Forked::Child { ready } => run_daemon(ready, fs, &spec),
+    }
+}
+
+/// Blocks the termination signals before any thread starts, so only the watcher thread of
+/// [`session::Mounted::serve`] receives them.
+fn block_termination_signals() -> Result<(), Error> {
+    process::block_signals(&process::termination_signals())
+        .map_err(|e| Error::runtime(format!("cannot block signals: {e}")))
+}
+
+fn kernel_flags(cfg: &MountConfig) -> Vec<MountOption> {
+    let mut flags = vec![MountOption::RO];
+    for flag in &cfg.flags {
+        flags.retain(|f| f != &opposite(*flag));
+        flags.push(option(*flag));
+    }
+    flags
+}
+
+fn option(flag: MountFlag) -> MountOption {
+    match flag {
+        MountFlag::Dev => MountOption::Dev,
+        MountFlag::NoDev => MountOption::NoDev,
+        MountFlag::Suid => MountOption::Suid,
+        MountFlag::NoSuid => MountOption::NoSuid,
+        MountFlag::Exec => MountOption::Exec,
+        MountFlag::NoExec => MountOption::NoExec,
+        MountFlag::Atime => MountOption::Atime,
+        MountFlag::NoAtime => MountOption::NoAtime,
+    }
+}
+
+fn opposite(flag: MountFlag) -> MountOption {
+    option(match flag {
+        MountFlag::Dev => MountFlag::NoDev,
+        MountFlag::NoDev => MountFlag::Dev,
+        MountFlag::Suid => MountFlag::NoSuid,
+        MountFlag::NoSuid => MountFlag::Suid,
+        MountFlag::Exec => MountFlag::NoExec,
+        MountFlag::NoExec => MountFlag::Exec,
+        MountFlag::Atime => MountFlag::NoAtime,
+        MountFlag::NoAtime => MountFlag::Atime,
+    })
+}
+
+fn mount_error(spec: &MountSpec, e: std::io::Error) -> Error {
+    Error::runtime(format!(
+        "cannot mount on '{}': {e} (is /dev/fuse there, and may this user mount?)",
+        spec.mountpoint.display()
+    ))
+}
+
+fn serve(mounted: session::Mounted) -> Result<(), Error> {
+    mounted
+        .serve()
+        .map_err(|e| Error::runtime(format!("serving the mount failed: {e}")))
+}
+
+fn wait_ready(mut ready: std::fs::File) -> Result<(), Error> {
+    let mut verdict = String::new();
+    // EOF comes when the daemon closes its end: after "ready", or when it died.
+    let _ = ready.read_to_string(&mut verdict);
+    match verdict.strip_prefix("error: ") {
+        _ if verdict == READY => Ok(()),
+        Some(message) => Err(Error::runtime(message.trim_end())),
+        None => Err(Error::runtime(
+            "the daemon exited before the mount was live: run with -f to see why",
+        )),
+    }
+}
+
+fn run_daemon(mut ready: std::fs::File, fs: OverlayFs, spec: &MountSpec) -> Result<(), Error> {
+    logger::use_syslog();
+    if let Err(e) = block_termination_signals() {
+        let _ = write!(ready, "error: {e}");
+        return Err(e);
+    }
+    if let Err(e) = process::detach_from_terminal() {
+        let _ = write!(ready, "error: cannot detach the daemon: {e}");
+        return Err(Error::runtime("cannot detach"));
+    }
+    match session::mount(fs, spec) {
+        Ok(mounted) => {
+            let _ = ready.write_all(READY.as_bytes());
+            drop(ready);
+            serve(mounted)
+        }
+        Err(e) => {
+            let err = mount_error(spec, e);
+            let _ = write!(ready, "error: {err}");
+            Err(err)
+        }
+    }
+}
+
+/// Unmounts the merged directory `path`; its daemon then exits by itself.
+pub fn umount(path: &Path) -> Result<(), Error> {
+    let shown = path.display();
+    if process::euid() != 0 {
+        let status = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(path)
+            .status()
+            .map_err(|e| Error::runtime(format!("cannot run fusermount3: {e}: install fuse3")))?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(Error::runtime(format!("fusermount3 -u '{shown}' failed")))
+        };
+    }
+    process::unmount(path, false).map_err(|e| match e {
+        Errno::EINVAL => Error::invalid(format!(
+            "'{shown}' is not a mount point: nothing to unmount"
+        )),
+        Errno::ENOENT => Error::invalid(format!(
+            "'{shown}' does not exist: give the merged directory"
+        )),
+        Errno::EBUSY => Error::runtime(format!(
+            "'{shown}' is busy: stop what uses it, or detach it with umount -l"
+        )),
+        e => Error::runtime(format!("cannot unmount '{shown}': {e}")),
+    })
+}

@@ -1,0 +1,67 @@
+//! The error type of the command line, configuration and daemon set-up: a kind that decides
+//! the exit status, and a one-line message naming the problem and the fix.
+
+use std::fmt;
+
+/// What went wrong, which decides the exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The command line or its options are malformed (exit 2).
+    Usage,
+    /// The command line is well-formed but names unusable directories (exit 2).
+    Invalid,
+    /// The request was valid but the system refused it (exit 1).
+    Runtime,
+}
+
+/// An error with its kind and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// One line: the problem and the fix.
+    pub message: String,
+}
+
+impl Error {
+    /// A malformed command line.
+    pub fn usage(message: impl Into<String>) -> Error {
+        Error {
+            kind: ErrorKind::Usage,
+            message: message.into(),
+        }
+    }
+
+    /// Unusable input.
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error {
+            kind: ErrorKind::Invalid,
+            message: message.into(),
+        }
+    }
+
+    /// A refusal by the system.
+    pub fn runtime(message: impl Into<String>) -> Error {
+        Error {
+            kind: ErrorKind::Runtime,
+            message: message.into(),
+        }
+    }
+
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self.kind {
+            ErrorKind::Usage | ErrorKind::Invalid => 2,
+            ErrorKind::Runtime => 1,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep it to one line whatever the source said.
+        f.write_str(&self.message.replace('\n', " "))
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,128 @@
+//! Layers: the read-only lower directories (and, with core II, the upper), each held by the
+//! root descriptor every path inside it is resolved from.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use super::marker::{self, DirMarks, NameRole};
+use crate::sys::{Dir, Errno, Stat};
+
+/// One layer of the stack.
+#[derive(Debug)]
+pub struct Layer {
+    /// Position in the stack, 0 = top.
+    pub index: usize,
+    /// Where the user said it is (for messages and the demo).
+    pub path: PathBuf,
+    /// The root descriptor; every access inside the layer starts here.
+    pub root: Dir,
+    /// `st_dev` of the root.
+    pub dev: u64,
+}
+
+/// What one layer's directory holds under one name, as lookup sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing by that name in this layer: look further down.
+    Absent,
+    /// A whiteout: the name is deleted here and in every layer below.
+    Whiteout,
+    /// An object.
+    Object(Stat),
+}
+
+impl Layer {
+    /// Opens the layer rooted at `path` as position `index`.
+    pub fn open(index: usize, path: &Path) -> Result<Layer, Errno> {
+        let root = Dir::open_root(path)?;
+        let dev = root.stat()?.dev;
+        Ok(Layer {
+            index,
+            path: path.to_owned(),
+            root,
+            dev,
+        })
+    }
+
+    /// The directory at `rel` inside this layer.
+    pub fn dir(&self, rel: &Path) -> Result<Dir, Errno> {
+        self.root.open_beneath(rel)
+    }
+
+    /// The opaque/xwhiteout marks of `dir` (a directory of this layer).
+    pub fn marks(dir: &Dir) -> Result<DirMarks, Errno> {
+        let mut marks = DirMarks::default();
+        let list = match dir.xattr_list() {
+            Ok(list) => list,
+            Err(Errno::ENOTSUP) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if marker::list_has_any(&list, &marker::OPAQUE_XATTRS) {
+            for name in marker::OPAQUE_XATTRS {
+                match dir.xattr_get(OsStr::new(name)) {
+                    Ok(value) => marks.add_xattr_value(&value),
+                    Err(Errno::ENODATA) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !marks.opaque {
+            marks.opaque = is_regular(dir.stat_child(OsStr::from_bytes(marker::OPAQUE_FILE)))?;
+        }
+        Ok(marks)
+    }
+
+    /// Looks `name` up in `dir`, a directory of this layer whose marks allow xwhiteouts or not.
+    pub fn probe(dir: &Dir, xwhiteouts: bool, name: &OsStr) -> Result<Probe, Errno> {
+        match dir.stat_child(name) {
+            Ok(st) if marker::is_device_whiteout(&st) => Ok(Probe::Whiteout),
+            Ok(st)
+                if xwhiteouts
+                    && marker::may_be_xwhiteout(&st)
+                    && has_whiteout_xattr(dir, name)? =>
+            {
+                Ok(Probe::Whiteout)
+            }
+            Ok(st) => match marker::name_role(name) {
+                NameRole::Plain => Ok(Probe::Object(st)),
+                // A marker file is not an object; a directory that merely has such a name is.
+                _ if st.kind() == Some(crate::sys::FileKind::Regular) => Ok(Probe::Absent),
+                _ => Ok(Probe::Object(st)),
+            },
+            Err(Errno::ENOENT) if Self::has_aufs_whiteout(dir, name)? => Ok(Probe::Whiteout),
+            Err(Errno::ENOENT) => Ok(Probe::Absent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when `dir` holds a regular file `.wh.NAME`.
+    pub fn has_aufs_whiteout(dir: &Dir, name: &OsStr) -> Result<bool, Errno> {
+        is_regular(dir.stat_child(&aufs_whiteout_name(name)))
+    }
+}
+
+/// `.wh.` + `name`.
+pub fn aufs_whiteout_name(name: &OsStr) -> OsString {
+    let mut bytes = marker::WHITEOUT_PREFIX.to_vec();
+    bytes.extend_from_slice(name.as_bytes());
+    OsString::from_vec(bytes)
+}
+
+/// True when the child `name` of `dir` carries a whiteout xattr.
+pub fn has_whiteout_xattr(dir: &Dir, name: &OsStr) -> Result<bool, Errno> {
+    match dir.child_xattr_list(name) {
+        Ok(list) => Ok(marker::list_has_any(&list, &marker::WHITEOUT_XATTRS)),
+        Err(Errno::ENOTSUP) | Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a stat result is a regular file; a missing (or impossible, too long) name is not.
+fn is_regular(result: Result<Stat, Errno>) -> Result<bool, Errno> {
+    match result {
+        Ok(st) => Ok(st.kind() == Some(crate::sys::FileKind::Regular)),
+        Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) | Err(Errno::ENOTDIR) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

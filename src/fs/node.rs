@@ -1,0 +1,235 @@
+//! The inode table: one [`Node`] per merged object the kernel holds a reference to.
+//!
+//! Invariants: a node is in the table exactly while the kernel's lookup count for it is
+//! positive (the root always is); the count changes only under the table shard's lock, so a
+//! `forget` racing a `lookup` either removes the node before the lookup re-inserts it or sees
+//! the incremented count. A node knows its primary name through a parent pointer, so a path
+//! inside a layer is rebuilt from the names, and a rename touches one node, not a subtree.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use super::ident::ROOT_ID;
+use crate::sys::{Errno, FileKind};
+
+/// One directory of a merged directory's stack, top-down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainDir {
+    /// The layer holding it.
+    pub layer: usize,
+    /// Whether it is marked as holding xattr whiteouts (`overlay.opaque=x`).
+    pub xwhiteouts: bool,
+}
+
+/// Where an object lives: the layers that make it up, topmost first. A non-directory has one
+/// entry; a directory lists every layer merged into it (the merge stops at an opaque one).
+pub type Chain = Vec<ChainDir>;
+
+#[derive(Debug)]
+struct Link {
+    parent: Option<Arc<Node>>,
+    name: OsString,
+}
+
+/// A merged object the kernel knows by its node id.
+#[derive(Debug)]
+pub struct Node {
+    /// Node id, `st_ino` and `d_ino` alike.
+    pub id: u64,
+    /// Its type.
+    pub kind: FileKind,
+    lookups: AtomicU64,
+    link: RwLock<Link>,
+    chain: RwLock<Chain>,
+}
+
+impl Node {
+    /// The root of the merged tree.
+    pub fn root(chain: Chain) -> Node {
+        Node {
+            id: ROOT_ID,
+            kind: FileKind::Directory,
+            lookups: AtomicU64::new(1),
+            link: RwLock::new(Link {
+                parent: None,
+                name: OsString::new(),
+            }),
+            chain: RwLock::new(chain),
+        }
+    }
+
+    /// The path of the object inside each layer, relative to the layer root (`""` for the
+    /// root), built from the primary name and its parents.
+    pub fn path(&self) -> PathBuf {
+        let mut names = Vec::new();
+        let mut link = self.link.read().parent.clone();
+        names.push(self.link.read().name.clone());
+        while let Some(node) = link {
+            let l = node.link.read();
+            names.push(l.name.clone());
+            link = l.parent.clone();
+        }
+        names.iter().rev().collect()
+    }
+
+    /// The parent node (the root is its own parent) and this node's primary name.
+    pub fn parent_and_name(self: &Arc<Self>) -> (Arc<Node>, OsString) {
+        let l = self.link.read();
+        match &l.parent {
+            Some(p) => (p.clone(), l.name.clone()),
+            None => (self.clone(), l.name.clone()),
+        }
+    }
+
+    /// The layers that make up the object, topmost first.
+    pub fn chain(&self) -> Chain {
+        self.chain.read().clone()
+    }
+
+    /// The topmost layer holding the object.
+    pub fn top_layer(&self) -> usize {
+        self.chain.read().first().map_or(0, |c| c.layer)
+    }
+}
+
+/// The concurrent table of live nodes.
+#[derive(Debug)]
+pub struct NodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+    root: Arc<Node>,
+}
+
+impl NodeTable {
+    /// A table holding only `root`.
+    pub fn new(root: Node) -> NodeTable {
+        let root = Arc::new(root);
+        let nodes = DashMap::new();
+        nodes.insert(ROOT_ID, root.clone());
+        NodeTable { nodes, root }
+    }
+
+    /// The root node.
+    pub fn root(&self) -> &Arc<Node> {
+        &self.root
+    }
+
+    /// The node with id `id`; `ESTALE` if the kernel asks for one it has forgotten.
+    pub fn get(&self, id: u64) -> Result<Arc<Node>, Errno> {
+        self.nodes.get(&id).map(|n| n.clone()).ok_or(Errno::ESTALE)
+    }
+
+    /// Records one more kernel reference to the object `id` reached as `name` in `parent`,
+    /// creating or refreshing its node.
+    pub fn remember(
+        &self,
+        id: u64,
+        kind: FileKind,
+        chain: Chain,
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) -> Arc<Node> {
+        let link = || Link {
+            parent: Some(parent.clone()),
+            name: name.to_owned(),
+        };
+        let mut entry = self.nodes.entry(id).or_insert_with(|| {
+            Arc::new(Node {
+                id,
+                kind,
+                lookups: AtomicU64::new(0),
+                link: RwLock::new(link()),
+                chain: RwLock::new(chain.clone()),
+            })
+        });
+        if entry.kind != kind {
+            // The number now names another object (possible only once an upper layer reuses
+            // a freed inode): the old node is gone for good.
+            *entry = Arc::new(Node {
+                id,
+                kind,
+                lookups: AtomicU64::new(0),
+                link: RwLock::new(link()),
+                chain: RwLock::new(chain),
+            });
+        } else if id != ROOT_ID {
+            *entry.link.write() = link();
+            *entry.chain.write() = chain;
+        }
+        entry.lookups.fetch_add(1, Ordering::AcqRel);
+        entry.clone()
+    }
+
+    /// Drops `count` kernel references to `id`, freeing the node at zero.
+    pub fn forget(&self, id: u64, count: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        // Counts only change under the shard lock `remove_if` holds, so load-then-store is exact.
+        self.nodes.remove_if(&id, |_, node| {
+            let left = node.lookups.load(Ordering::Acquire).saturating_sub(count);
+            node.lookups.store(left, Ordering::Release);
+            left == 0
+        });
+    }
+
+    /// Number of live nodes (the root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: the root is never forgotten.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain() -> Chain {
+        vec![ChainDir {
+            layer: 0,
+            xwhiteouts: false,
+        }]
+    }
+
+    #[test]
+    fn paths_are_built_from_parent_names() {
+        let table = NodeTable::new(Node::root(chain()));
+        let root = table.root().clone();
+        let a = table.remember(10, FileKind::Directory, chain(), &root, OsStr::new("a"));
+        let b = table.remember(11, FileKind::Regular, chain(), &a, OsStr::new("b"));
+        assert_eq!(root.path(), PathBuf::from(""));
+        assert_eq!(b.path(), PathBuf::from("a/b"));
+    }
+
+    #[test]
+    fn forget_frees_a_node_only_at_zero_lookups() {
+        let table = NodeTable::new(Node::root(chain()));
+        let root = table.root().clone();
+        table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("a"));
+        table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("a"));
+        assert_eq!(table.len(), 2);
+        table.forget(10, 1);
+        assert!(table.get(10).is_ok());
+        table.forget(10, 1);
+        assert_eq!(table.get(10).unwrap_err(), Errno::ESTALE);
+        table.forget(ROOT_ID, 5);
+        assert!(table.get(ROOT_ID).is_ok());
+    }
+
+    #[test]
+    fn a_hard_link_reached_by_another_name_moves_its_primary_name() {
+        let table = NodeTable::new(Node::root(chain()));
+        let root = table.root().clone();
+        table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("x"));
+        let n = table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("y"));
+        assert_eq!(n.path(), PathBuf::from("y"));
+    }
+}

@@ -1,0 +1,85 @@
+//! Mounting an [`OverlayFs`] and serving it until it is unmounted or told to stop.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::OverlayFs;
+use crate::sys::process;
+
+/// How the FUSE mount itself is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// What `/proc/mounts` shows as the source.
+    pub fsname: String,
+    /// Kernel mount flags (`ro`, `nodev`, `nosuid`, `noexec`, `noatime`, ...).
+    pub flags: Vec<MountOption>,
+    /// Let every user reach the mount (the kernel still checks permissions).
+    pub allow_other: bool,
+    /// Request-serving threads, each on its own cloned `/dev/fuse` descriptor.
+    pub threads: usize,
+}
+
+/// A live mount, ready to serve.
+#[derive(Debug)]
+pub struct Mounted {
+    session: Session<OverlayFs>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts `fs` as `spec` says. Returns once the kernel has completed the FUSE handshake, so
+/// the mount is usable when this returns.
+pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
+    let mut options = vec![
+        MountOption::FSName(spec.fsname.clone()),
+        MountOption::Subtype("overlayfuse".into()),
+        MountOption::DefaultPermissions,
+    ];
+    options.extend(spec.flags.iter().cloned());
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if spec.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(spec.threads.max(1));
+    config.clone_fd = true;
+    let session = Session::new(fs, &spec.mountpoint, &config)?;
+    Ok(Mounted {
+        session,
+        mountpoint: spec.mountpoint.clone(),
+    })
+}
+
+impl Mounted {
+    /// Serves requests until the mount goes away: `umount`, `fusermount3 -u`, or one of the
+    /// termination signals (which unmount it). The caller must have blocked those signals
+    /// before any thread was started, so only the watcher thread receives them.
+    pub fn serve(mut self) -> io::Result<()> {
+        let mut unmounter = self.session.unmount_callable();
+        let mountpoint = self.mountpoint.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let signals = process::termination_signals();
+                if let Ok(sig) = process::wait_signal(&signals) {
+                    log::info!("{sig}: unmounting {}", mountpoint.display());
+                    if let Err(e) = unmounter.unmount() {
+                        log::warn!("unmount {}: {e}; detaching it", mountpoint.display());
+                        detach(&mountpoint);
+                    }
+                }
+            })?;
+        self.session.run()
+    }
+}
+
+fn detach(mountpoint: &Path) {
+    if let Err(e) = process::unmount(mountpoint, true) {
+        log::error!("cannot detach {}: {e}", mountpoint.display());
+    }
+}

@@ -1,0 +1,20 @@
+//! overlayfuse: a union filesystem in userspace with the semantics of the Linux kernel's
+//! overlayfs.
+//!
+//! Data flows one way (DESIGN.md §5): [`cli`] reads argv, [`config`] validates it (pure),
+//! [`preflight`] checks the directories, [`fs`] is the overlay core over layer root
+//! descriptors, [`fuse`] adapts it to the kernel, [`daemon`] runs the mount. Every `unsafe`
+//! and raw system call lives in [`sys`].
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod logger;
+pub mod preflight;
+pub mod sys;

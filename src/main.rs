@@ -1,0 +1,27 @@
+//! The `overlayfuse` binary: parse, dispatch, and turn an error into one line and an exit
+//! status (2 for bad input, 1 for a refusal by the system).
+
+use overlayfuse::cli::{self, Command};
+use overlayfuse::config::MountConfig;
+use overlayfuse::error::Error;
+use overlayfuse::{daemon, demo, logger};
+
+fn run() -> Result<(), Error> {
+    match cli::parse(std::env::args_os().collect())? {
+        Command::Print(text) => {
+            print!("{text}");
+            Ok(())
+        }
+        Command::Mount(args) => daemon::mount(&MountConfig::from_args(&args)?),
+        Command::Umount(path) => daemon::umount(&path),
+        Command::Demo => demo::run(),
+    }
+}
+
+fn main() {
+    logger::init();
+    if let Err(e) = run() {
+        eprintln!("overlayfuse: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,32 @@
+//! The only home of `unsafe` and raw system calls.
+//!
+//! Everything above this module works with safe types: [`Dir`] is a directory file descriptor
+//! that can only be obtained beneath a layer root (openat2 with `RESOLVE_BENEATH`, no symlinks,
+//! no magic links, no mount crossings), so code that holds one cannot have escaped its layer.
+//! Each function returns `Result<_, Errno>`; each `unsafe` block states its invariant in a
+//! `// SAFETY:` line.
+
+mod dir;
+mod dirent;
+pub mod process;
+mod stat;
+mod xattr;
+
+pub use dir::{Dir, OpenedFile};
+pub use dirent::RawEntry;
+pub use nix::errno::Errno;
+pub use stat::{FileKind, FsStat, Stat};
+
+/// Turns a libc return value of -1 into the thread's `errno`.
+fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Converts a Rust string-ish value into a C string, refusing interior NUL bytes.
+fn cstr(bytes: &[u8]) -> Result<std::ffi::CString, Errno> {
+    std::ffi::CString::new(bytes).map_err(|_| Errno::EINVAL)
+}

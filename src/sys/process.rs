@@ -1,0 +1,119 @@
+//! Process-level calls: forking the daemon, detaching it, signals, unmounting, syslog.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::ForkResult;
+
+use super::{check, Errno};
+
+/// Which side of [`fork_with_pipe`] this process is on.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process; `ready` is the read end of the readiness pipe.
+    Parent {
+        /// Read end: the child writes its verdict here and closes it.
+        ready: File,
+    },
+    /// The new process; `ready` is the write end of the readiness pipe.
+    Child {
+        /// Write end, for the child's verdict.
+        ready: File,
+    },
+}
+
+/// Forks with a pipe from the child to the parent.
+///
+/// Must be called while the process has a single thread (before any session or helper thread
+/// starts): `main` calls it right after validating the command line.
+pub fn fork_with_pipe() -> Result<Forked, Errno> {
+    let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the caller guarantees the process is single-threaded, so the child cannot
+    // inherit a lock held by another thread; both sides only continue with ordinary Rust.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { .. } => Ok(Forked::Parent {
+            ready: File::from(read),
+        }),
+        ForkResult::Child => Ok(Forked::Child {
+            ready: File::from(write),
+        }),
+    }
+}
+
+/// Starts a new session and points stdin, stdout and stderr at `/dev/null`, so that whoever
+/// started us (podman reads our output until EOF) is not held by our descriptors.
+pub fn detach_from_terminal() -> Result<(), Errno> {
+    nix::unistd::setsid()?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    for target in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors; `null` stays open for the call.
+        check(unsafe { libc::dup2(null.as_raw_fd(), target) }.into())?;
+    }
+    Ok(())
+}
+
+/// The signals that end the daemon cleanly.
+pub fn termination_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set
+}
+
+/// Blocks `set` in the calling thread (and so in every thread it starts later).
+pub fn block_signals(set: &SigSet) -> Result<(), Errno> {
+    set.thread_block()
+}
+
+/// Waits for one of the (blocked) signals in `set`.
+pub fn wait_signal(set: &SigSet) -> Result<Signal, Errno> {
+    set.wait()
+}
+
+/// Unmounts `path`; `detach` lazily (`MNT_DETACH`) when it is busy.
+pub fn unmount(path: &Path, detach: bool) -> Result<(), Errno> {
+    let flags = if detach {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    nix::mount::umount2(path, flags)
+}
+
+/// The effective user id.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Sends one message to syslog under the ident `overlayfuse`.
+pub fn syslog(level: log::Level, message: &str) {
+    let priority = match level {
+        log::Level::Error => libc::LOG_ERR,
+        log::Level::Warn => libc::LOG_WARNING,
+        log::Level::Info => libc::LOG_INFO,
+        log::Level::Debug | log::Level::Trace => libc::LOG_DEBUG,
+    };
+    let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: both strings are NUL-terminated; "%s" makes syslog treat the message as data.
+    unsafe {
+        libc::openlog(c"overlayfuse".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+        libc::syslog(priority, c"%s".as_ptr(), text.as_ptr());
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: the daemon holds a descriptor per open
+/// file and per cached directory.
+pub fn raise_nofile_limit() -> Result<u64, Errno> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
+}
