@@ -134,10 +134,15 @@ fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
                     "no command given: try 'overlayfuse mount --lower DIR MERGED' or --help",
                 )),
                 _ => {
+                    // clap's message spans lines before its usage block; fold it into one.
                     let text = e.to_string();
-                    let first = text.lines().next().unwrap_or("invalid arguments");
-                    let first = first.trim_start_matches("error: ");
-                    Err(Error::usage(format!("{first}; see 'overlayfuse --help'")))
+                    let body = text
+                        .split("\n\nUsage:")
+                        .next()
+                        .unwrap_or("invalid arguments");
+                    let body = body.trim_start_matches("error: ");
+                    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+                    Err(Error::usage(format!("{line}; see 'overlayfuse --help'")))
                 }
             };
         }

@@ -29,7 +29,7 @@ pub struct Inos {
 
 impl Inos {
     /// A mapper for layers on the filesystems `devs`; the first is index 0 (the top layer's,
-    /// the upper's once there is one). More than 254 filesystems fall back to synthetic numbers.
+    /// the upper's once there is one). Filesystems past the 255th get synthetic numbers.
     pub fn new(layer_devs: impl IntoIterator<Item = u64>) -> Inos {
         let mut devs: Vec<u64> = Vec::new();
         for dev in layer_devs {

@@ -96,8 +96,13 @@ impl Layer {
         }
     }
 
-    /// True when `dir` holds a regular file `.wh.NAME`.
+    /// True when `dir` holds a regular file `.wh.NAME`. A name that itself starts with
+    /// `.wh.` is never whited out this way: `.wh..wh.*` names are AUFS bookkeeping, and
+    /// readdir treats them so.
     pub fn has_aufs_whiteout(dir: &Dir, name: &OsStr) -> Result<bool, Errno> {
+        if name.as_bytes().starts_with(marker::WHITEOUT_PREFIX) {
+            return Ok(false);
+        }
         is_regular(dir.stat_child(&aufs_whiteout_name(name)))
     }
 }

@@ -28,7 +28,7 @@ pub enum Forked {
 /// Forks with a pipe from the child to the parent.
 ///
 /// Must be called while the process has a single thread (before any session or helper thread
-/// starts): `main` calls it right after validating the command line.
+/// starts): `daemon::mount` calls it after the checks and before mounting.
 pub fn fork_with_pipe() -> Result<Forked, Errno> {
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: the caller guarantees the process is single-threaded, so the child cannot

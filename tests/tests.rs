@@ -1,0 +1,9 @@
+//! Integration tests: every test mounts the real daemon (and, where overlayfs defines the
+//! behaviour, the kernel overlay on the same layers) and acts on the merged directory with
+//! ordinary system calls. A test that cannot mount fails; none is skipped.
+
+mod util;
+
+mod cli;
+mod safety;
+mod view;

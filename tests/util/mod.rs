@@ -1,0 +1,287 @@
+//! Test harness: layer fixtures, real mounts of our daemon and of the kernel overlay, and
+//! tree snapshots to compare them.
+//!
+//! Every mount here must succeed: a test that cannot mount fails, it never skips.
+
+#![allow(dead_code)]
+
+pub mod fixture;
+pub mod tree;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub use fixture::{Form, Layer, Opq, Wh};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_overlayfuse")
+}
+
+/// A scratch directory for one test, removed (after unmounting) at the end.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new().prefix("ofs").tempdir().unwrap(),
+        }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+/// True when `path` is a mount point in this namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = path.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want))
+}
+
+/// Waits up to `limit` for `cond`.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn umount(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: test helper; NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        // SAFETY: as above.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A mount that is unmounted when dropped.
+pub struct Mounted {
+    pub path: PathBuf,
+}
+
+impl Mounted {
+    /// Unmounts now (and waits until the kernel no longer lists it).
+    pub fn unmount(&self) {
+        umount(&self.path);
+        assert!(wait_for(Duration::from_secs(10), || !is_mounted(
+            &self.path
+        )));
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.path) {
+            umount(&self.path);
+        }
+    }
+}
+
+/// Runs the binary with `args` and returns its output (stdin closed).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Mounts our daemon over `lowers` (topmost first) at `mountpoint`, with extra `-o` options.
+pub fn mount_ours_with(lowers: &[PathBuf], mountpoint: &Path, extra: &str) -> Mounted {
+    let lower = lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut opts = format!("lowerdir={lower}");
+    if !extra.is_empty() {
+        opts.push(',');
+        opts.push_str(extra);
+    }
+    let out = run(&["-o", &opts, mountpoint.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "overlayfuse mount failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_mounted(mountpoint),
+        "overlayfuse returned before the mount was live"
+    );
+    Mounted {
+        path: mountpoint.to_owned(),
+    }
+}
+
+/// Mounts our daemon over `lowers`.
+pub fn mount_ours(lowers: &[PathBuf], mountpoint: &Path) -> Mounted {
+    mount_ours_with(lowers, mountpoint, "")
+}
+
+/// Mounts the kernel overlay over `lowers` read-only. The kernel needs two lowers without an
+/// upper, so a single lower gets an empty one below it.
+pub fn mount_kernel(lowers: &[PathBuf], mountpoint: &Path, spare: &Path) -> Mounted {
+    let mut lowers = lowers.to_vec();
+    if lowers.len() == 1 {
+        std::fs::create_dir_all(spare).unwrap();
+        lowers.push(spare.to_owned());
+    }
+    let lower = lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = CString::new(format!("lowerdir={lower}")).unwrap();
+    let target = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
+    // SAFETY: test helper; NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_RDONLY,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "kernel overlay mount failed: {}",
+        std::io::Error::last_os_error()
+    );
+    Mounted {
+        path: mountpoint.to_owned(),
+    }
+}
+
+/// The same layers mounted by us and by the kernel.
+pub struct Pair {
+    pub scratch: Scratch,
+    pub ours: Mounted,
+    pub kernel: Mounted,
+}
+
+impl Pair {
+    /// Writes `layers` (topmost first) in both forms and mounts both overlays.
+    pub fn new(layers: &[Layer]) -> Pair {
+        Pair::with_options(layers, "")
+    }
+
+    /// As [`Pair::new`], with extra `-o` options for our mount.
+    pub fn with_options(layers: &[Layer], extra: &str) -> Pair {
+        let scratch = Scratch::new();
+        let mut ours = Vec::new();
+        let mut kernel = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let o = scratch.path(&format!("o{i}"));
+            let k = scratch.path(&format!("k{i}"));
+            layer.write(&o, Form::Ours);
+            layer.write(&k, Form::Kernel);
+            ours.push(o);
+            kernel.push(k);
+        }
+        let om = scratch.mkdir("ours");
+        let km = scratch.mkdir("kern");
+        let ours = mount_ours_with(&ours, &om, extra);
+        let kernel = mount_kernel(&kernel, &km, &scratch.path("spare"));
+        Pair {
+            scratch,
+            ours,
+            kernel,
+        }
+    }
+
+    /// Path `rel` in our mount.
+    pub fn o(&self, rel: &str) -> PathBuf {
+        self.ours.path.join(rel)
+    }
+
+    /// Path `rel` in the kernel's mount.
+    pub fn k(&self, rel: &str) -> PathBuf {
+        self.kernel.path.join(rel)
+    }
+
+    /// Asserts both merged trees are equal in every compared property.
+    pub fn assert_same_tree(&self) {
+        let ours = tree::snapshot(&self.ours.path);
+        let kernel = tree::snapshot_with(&self.kernel.path, true);
+        tree::assert_equal(&ours, &kernel);
+    }
+
+    /// Asserts `probe` gives the same result (value or errno) on both mounts.
+    pub fn assert_same<T: PartialEq + std::fmt::Debug>(
+        &self,
+        what: &str,
+        probe: impl Fn(&Path) -> Result<T, i32>,
+    ) {
+        let o = probe(&self.ours.path);
+        let k = probe(&self.kernel.path);
+        assert_eq!(
+            o, k,
+            "{what}: ours (left) differs from the kernel overlay (right)"
+        );
+    }
+}
+
+/// errno of an io::Error.
+pub fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// lstat as (mode, size, ino) or errno.
+pub fn lstat(path: &Path) -> Result<(u32, u64, u64), i32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| (m.mode(), m.size(), m.ino()))
+        .map_err(errno)
+}
+
+/// Raw getdents64 reading with a buffer of `buf_size` bytes: (name, d_ino, d_type) triples.
+pub fn getdents_all(dir: &Path, buf_size: usize) -> Vec<(Vec<u8>, u64, u8)> {
+    let f = std::fs::File::open(dir).unwrap();
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; buf_size];
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: test helper; buf is writable for its length.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                f.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            return out;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            let ino = u64::from_ne_bytes(buf[off..off + 8].try_into().unwrap());
+            let reclen = u16::from_ne_bytes(buf[off + 16..off + 18].try_into().unwrap()) as usize;
+            let dtype = buf[off + 18];
+            let name = &buf[off + 19..off + reclen];
+            let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+            out.push((name[..end].to_vec(), ino, dtype));
+            off += reclen;
+        }
+    }
+}
