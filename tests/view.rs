@@ -529,3 +529,55 @@ fn statfs_and_name_length_limits() {
     assert_eq!(st.blocks(), layer.blocks());
     assert!(st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
 }
+
+#[test]
+fn parallel_walkers_and_cache_drops_see_one_consistent_tree() {
+    // Several threads walk, stat and read the same merged tree while the kernel is made to
+    // forget its inodes: every walk must see exactly the expected tree, and nothing hangs.
+    let mut top = Layer::default()
+        .opaque("shared/opaque", Opq::Trusted)
+        .file("shared/opaque/new", "n");
+    let mut base = Layer::default().file("shared/opaque/old", "o");
+    for i in 0..200 {
+        top = top.file(&format!("shared/t{i}"), &format!("top {i}"));
+        base = base.file(&format!("shared/b{i}"), &format!("base {i}"));
+        if i % 10 == 0 {
+            top = top.whiteout(&format!("shared/b{i}"), Wh::Aufs);
+        }
+    }
+    let pair = Pair::new(&[top, base]);
+    let expected = util::tree::snapshot(&pair.ours.path);
+    assert!(expected.entries.len() > 350);
+    let root = pair.ours.path.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dropper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    let walkers: Vec<_> = (0..6)
+        .map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| util::tree::snapshot(&root).entries)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for w in walkers {
+        for seen in w.join().unwrap() {
+            assert_eq!(
+                seen, expected.entries,
+                "a parallel walk saw a different tree"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    dropper.join().unwrap();
+    pair.assert_same_tree();
+}

@@ -10,6 +10,8 @@ pub mod marker;
 pub mod merge;
 pub mod node;
 pub mod resolve;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -158,7 +160,8 @@ impl Overlay {
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
+            match file.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
