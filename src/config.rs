@@ -53,8 +53,10 @@ pub struct MountConfig {
     pub timeout: Duration,
 }
 
-/// Default kernel cache time: the lower layers are frozen for the mount's life.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default kernel cache time for entries, attributes and negative entries: the lower layers
+/// are frozen for the mount's life, so what the kernel caches stays true (a 1 s default made
+/// a warm `stat` of 50,000 files 8x slower than fuse-overlayfs, whose default is 10^6 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// Default number of request threads.
 pub const DEFAULT_THREADS: usize = 2;
 const MAX_THREADS: usize = 64;
