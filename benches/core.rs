@@ -31,8 +31,8 @@ fn lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("lookup_missing_name");
     for count in [1, 16, 128] {
         let tmp = tempfile::tempdir().unwrap();
-        let overlay = Overlay::new(layers(tmp.path(), count, 0)).unwrap();
-        let dir = overlay.lookup(1, OsStr::new("dir")).unwrap().ino;
+        let overlay = Overlay::new(layers(tmp.path(), count, 0), None).unwrap();
+        let dir = overlay.lookup(1, OsStr::new("dir")).unwrap().0.ino;
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
             b.iter(|| overlay.lookup(dir, OsStr::new("absent")).unwrap_err())
         });
@@ -42,8 +42,8 @@ fn lookup(c: &mut Criterion) {
 
 fn merge(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
-    let overlay = Overlay::new(layers(tmp.path(), 3, 20_000)).unwrap();
-    let dir = overlay.lookup(1, OsStr::new("dir")).unwrap().ino;
+    let overlay = Overlay::new(layers(tmp.path(), 3, 20_000), None).unwrap();
+    let dir = overlay.lookup(1, OsStr::new("dir")).unwrap().0.ino;
     c.bench_function("readdir_merge_20000_over_3_layers", |b| {
         b.iter(|| {
             let fh = overlay.opendir(dir).unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cli::optlist::{split_layers, split_options};
 use crate::cli::MountArgs;
 use crate::error::Error;
+use crate::fs::MarkerFormat;
 
 /// Kernel mount flags the user may choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +36,12 @@ pub enum MountFlag {
 pub struct MountConfig {
     /// Lower layers, topmost first, absolute.
     pub lowers: Vec<PathBuf>,
+    /// The writable upper layer and its work dir, absolute.
+    pub upper: Option<(PathBuf, PathBuf)>,
+    /// The marker format to write (`None`: the best this process can).
+    pub markers: Option<MarkerFormat>,
+    /// Whether copy-ups are fsynced (off with `volatile` or `fsync=0`).
+    pub fsync: bool,
     /// The merged directory, absolute.
     pub mountpoint: PathBuf,
     /// What `/proc/mounts` shows as the source.
@@ -82,8 +89,7 @@ const IGNORED_KEYS: [&str; 16] = [
     "max_idle_threads",
     "plugins",
 ];
-const IGNORED_FLAGS: [&str; 20] = [
-    "userxattr",
+const IGNORED_FLAGS: [&str; 19] = [
     "rw",
     "relatime",
     "strictatime",
@@ -157,6 +163,9 @@ impl MountConfig {
         };
         let mut cfg = MountConfig {
             lowers: Vec::new(),
+            upper: None,
+            markers: None,
+            fsync: true,
             mountpoint: absolute(&args.mountpoint, "mount point")?,
             fsname: args.source.clone().unwrap_or_else(|| "overlayfuse".into()),
             foreground: args.foreground || args.debug,
@@ -196,12 +205,7 @@ impl MountConfig {
                 ))
             }
             (Some(u), Some(w)) => {
-                absolute(&u, "upperdir")?;
-                absolute(&w, "workdir")?;
-                return Err(Error::invalid(
-                    "a writable upperdir is not supported by this version yet: mount the layers \
-                     read-only (lowerdir only)",
-                ));
+                cfg.upper = Some((absolute(&u, "upperdir")?, absolute(&w, "workdir")?));
             }
         }
         Ok(cfg)
@@ -279,14 +283,30 @@ impl MountConfig {
                 self.timeout = Duration::from_secs_f64(secs.min(86_400.0));
             }
             "fsync" => match value {
-                Some("0") | Some("1") => {}
+                Some("0") => self.fsync = false,
+                Some("1") => self.fsync = true,
                 _ => {
                     return Err(Error::usage(
                         "fsync takes 0 or 1: fsync=0 skips syncs on copy-up",
                     ))
                 }
             },
-            "volatile" => flag(value)?,
+            "volatile" => {
+                flag(value)?;
+                self.fsync = false;
+            }
+            "userxattr" => {
+                flag(value)?;
+                self.markers.get_or_insert(MarkerFormat::UserXattr);
+            }
+            "markers" => {
+                let v = need(value)?;
+                self.markers = MarkerFormat::parse(&v).ok_or_else(|| {
+                    Error::usage(format!(
+                        "markers={v} is unknown: give auto, kernel, userxattr or aufs"
+                    ))
+                })?;
+            }
             k if UNSUPPORTED.contains(&k) => {
                 return Err(Error::invalid(format!(
                     "option '{k}' is not supported by this version yet: mount without it"
@@ -368,6 +388,8 @@ mod tests {
             "lowerdir=",
             "lowerdir=/a,upperdir=/u",
             "lowerdir=/a,workdir=/w",
+            "lowerdir=/a,upperdir=/u,workdir=w",
+            "lowerdir=/a,markers=bogus",
             "lowerdir=/a,uidmapping=0:1:1",
         ] {
             let e = MountConfig::from_args(&args(&[bad])).unwrap_err();

@@ -15,7 +15,7 @@ use fuser::MountOption;
 
 use crate::config::{MountConfig, MountFlag};
 use crate::error::Error;
-use crate::fs::{Layer, Overlay};
+use crate::fs::{Layer, Overlay, Upper};
 use crate::fuse::session::{self, MountSpec};
 use crate::fuse::OverlayFs;
 use crate::sys::{process, Errno};
@@ -30,8 +30,13 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         logger::enable_debug();
     }
     let checked = preflight::check(cfg)?;
-    let mut layers = Vec::with_capacity(checked.lowers.len());
-    for (index, dir) in checked.lowers.iter().enumerate() {
+    let mut dirs: Vec<&preflight::NamedDir> = Vec::with_capacity(checked.lowers.len() + 1);
+    if let Some((u, _)) = &checked.upper {
+        dirs.push(u);
+    }
+    dirs.extend(checked.lowers.iter());
+    let mut layers = Vec::with_capacity(dirs.len());
+    for (index, dir) in dirs.iter().enumerate() {
         let layer = Layer::open(index, &dir.real).map_err(|e| {
             Error::invalid(format!(
                 "{} '{}' cannot be opened: {e}",
@@ -46,15 +51,27 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
             "this kernel lacks openat2(2): Linux 5.6 or newer is needed",
         ));
     }
-    let core =
-        Overlay::new(layers).map_err(|e| Error::invalid(format!("cannot read the layers: {e}")))?;
+    let upper = match &checked.upper {
+        Some((_, work)) => {
+            // Modes of new objects come from the kernel with the caller's umask applied.
+            process::clear_umask();
+            let up = Upper::open(&work.real, cfg.markers, cfg.fsync)
+                .map_err(|e| Error::invalid(format!("workdir '{}': {e}", work.given.display())))?;
+            log::info!("writing markers in {:?} format", up.format);
+            Some(up)
+        }
+        None => None,
+    };
+    let writable = upper.is_some();
+    let core = Overlay::new(layers, upper)
+        .map_err(|e| Error::invalid(format!("cannot read the layers: {e}")))?;
     if let Err(e) = process::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
     let spec = MountSpec {
         mountpoint: checked.mountpoint.real.clone(),
         fsname: cfg.fsname.clone(),
-        flags: kernel_flags(cfg),
+        flags: kernel_flags(cfg, writable),
         allow_other: cfg.allow_other || process::euid() == 0,
         threads: cfg.threads,
     };
@@ -77,8 +94,13 @@ fn block_termination_signals() -> Result<(), Error> {
         .map_err(|e| Error::runtime(format!("cannot block signals: {e}")))
 }
 
-fn kernel_flags(cfg: &MountConfig) -> Vec<MountOption> {
-    let mut flags = vec![MountOption::RO];
+/// The kernel mount flags: `ro` without an upper layer; `nodev` and `nosuid` unless the user
+/// asks for `dev` or `suid` (DESIGN.md §7).
+fn kernel_flags(cfg: &MountConfig, writable: bool) -> Vec<MountOption> {
+    let mut flags = vec![MountOption::NoDev, MountOption::NoSuid];
+    if !writable {
+        flags.push(MountOption::RO);
+    }
     for flag in &cfg.flags {
         flags.retain(|f| f != &opposite(*flag));
         flags.push(option(*flag));

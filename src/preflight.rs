@@ -23,6 +23,8 @@ pub struct NamedDir {
 pub struct Checked {
     /// Lower layers, topmost first.
     pub lowers: Vec<NamedDir>,
+    /// The writable upper layer and its work dir.
+    pub upper: Option<(NamedDir, NamedDir)>,
     /// The merged directory.
     pub mountpoint: NamedDir,
 }
@@ -57,8 +59,18 @@ pub fn check(cfg: &MountConfig) -> Result<Checked, Error> {
         .map(|l| directory("lowerdir", l))
         .collect::<Result<Vec<_>, _>>()?;
     let mountpoint = directory("mount point", &cfg.mountpoint)?;
-    for (i, a) in lowers.iter().enumerate() {
-        for b in &lowers[i + 1..] {
+    let upper = match &cfg.upper {
+        Some((u, w)) => Some((directory("upperdir", u)?, directory("workdir", w)?)),
+        None => None,
+    };
+    let mut all = lowers.clone();
+    if let Some((u, w)) = &upper {
+        same_filesystem(u, w)?;
+        all.push(u.clone());
+        all.push(w.clone());
+    }
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[i + 1..] {
             if a.real == b.real {
                 return Err(Error::invalid(format!(
                     "{} '{}' is given twice (as '{}' too): give each layer once",
@@ -96,7 +108,33 @@ pub fn check(cfg: &MountConfig) -> Result<Checked, Error> {
             )));
         }
     }
-    Ok(Checked { lowers, mountpoint })
+    Ok(Checked {
+        lowers,
+        upper,
+        mountpoint,
+    })
+}
+
+/// The work dir must be on the upper's filesystem: objects are built there and renamed in.
+fn same_filesystem(upper: &NamedDir, work: &NamedDir) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |d: &NamedDir| {
+        std::fs::metadata(&d.real).map(|m| m.dev()).map_err(|e| {
+            Error::invalid(format!(
+                "{} '{}' cannot be used: {e}",
+                d.role,
+                d.given.display()
+            ))
+        })
+    };
+    if dev(upper)? != dev(work)? {
+        return Err(Error::invalid(format!(
+            "workdir '{}' is on another filesystem than upperdir '{}': put both on one",
+            work.given.display(),
+            upper.given.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,14 +56,17 @@ Examples:
       the same, as fuse-overlayfs and podman's mount_program spell it
   mount -t fuse.overlayfuse overlayfuse /mnt/merged -o lowerdir=/img/top:/img/base
       through mount.fuse3 (or an fstab line of type fuse.overlayfuse)
+  overlayfuse mount --lower /img/base --upper /c/upper --work /c/work /mnt/merged
+      a writable mount: changes land in /c/upper (/c/work: same filesystem, ours)
   overlayfuse umount /mnt/merged
   overlayfuse demo
 
 Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, debug,
   threaded=N, timeout=SECONDS, dev, nodev, suid, nosuid, exec, noexec, atime, noatime,
-  allow_other, fsync=0|1, volatile; options of the kernel overlay and of SELinux that do not
-  apply (context=, metacopy=, redirect_dir=, index=, xino=, userxattr, ...) are accepted and
-  ignored. Without -f the command returns once the mount is live.";
+  allow_other, fsync=0|1, volatile, markers=auto|kernel|userxattr|aufs (how whiteouts and
+  opaque dirs are written; userxattr is a synonym of markers=userxattr); options of the kernel
+  overlay and of SELinux that do not apply (context=, metacopy=, redirect_dir=, index=, xino=,
+  ...) are accepted and ignored. Without -f the command returns once the mount is live.";
 
 #[derive(Debug, Parser)]
 #[command(

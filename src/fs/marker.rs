@@ -27,12 +27,16 @@ pub const OPAQUE_XATTRS: [&str; 3] = [
 /// Xattrs that make a zero-size regular file a whiteout (in an `x`-marked directory).
 pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
 
+/// Xattrs recording the lower object a copied-up object came from (ours: as root, else).
+pub const ORIGIN_XATTRS: [&str; 2] = ["trusted.overlayfuse.origin", "user.overlayfuse.origin"];
+
 /// Xattr namespaces owned by overlay filesystems: never listed, read or set through the mount.
-const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [
+const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
     b"user.overlayfuse.",
+    b"trusted.overlayfuse.",
 ];
 
 /// What a directory entry's name says about it, before its type is known.

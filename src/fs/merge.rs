@@ -22,13 +22,18 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
+/// Says which number a copied-up upper entry keeps: `(dir, name, its own (dev, ino))`.
+pub type OriginFn<'a> = dyn Fn(&Dir, &OsStr, (u64, u64)) -> Option<u64> + 'a;
+
 /// Lists the merged directory at `path` made of `chain`, without `.` and `..`: each name
-/// once, from the topmost layer that has it, whiteouts and markers left out.
+/// once, from the topmost layer that has it, whiteouts and markers left out. `origin`, given
+/// when `layers[0]` is an upper layer, says which number a copied-up entry of it keeps.
 pub fn list(
     layers: &[Layer],
     inos: &Inos,
     path: &Path,
     chain: &[ChainDir],
+    origin: Option<&OriginFn<'_>>,
 ) -> Result<Vec<DirEntry>, Errno> {
     let mut decided: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
@@ -59,9 +64,13 @@ pub fn list(
             if is_whiteout(&dir, cd.xwhiteouts, name, kind)? {
                 continue;
             }
+            let copied = match origin {
+                Some(origin) if cd.layer == 0 => origin(&dir, name, (layer.dev, raw.ino)),
+                _ => None,
+            };
             out.push(DirEntry {
                 name: name.to_owned(),
-                ino: inos.id(layer.dev, raw.ino),
+                ino: copied.unwrap_or_else(|| inos.id(layer.dev, raw.ino)),
                 kind,
             });
         }

@@ -4,20 +4,28 @@
 //! unit tests drive it alike. Every method returns `Result<_, Errno>`.
 
 pub mod attr;
+mod copyup;
+mod handle;
 pub mod ident;
 pub mod layer;
 pub mod marker;
 pub mod merge;
+mod names;
 pub mod node;
+mod rename;
 pub mod resolve;
+mod setattr;
+mod stripes;
 #[cfg(test)]
 mod tests;
+pub mod upper;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::ops::Deref;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -25,10 +33,25 @@ use parking_lot::Mutex;
 pub use attr::Attr;
 pub use layer::Layer;
 pub use merge::DirEntry;
+pub use names::NewObject;
+pub use setattr::SetAttr;
+pub use upper::{MarkerFormat, Upper};
 
-use crate::sys::{Errno, FileKind, FsStat, OpenedFile, Stat};
+use crate::sys::{Dir, Errno, FileKind, FsStat, Stat};
+use handle::Handle;
 use ident::{Inos, ROOT_ID};
-use node::{ChainDir, Node, NodeTable};
+use node::{Chain, ChainDir, Node, NodeTable};
+use resolve::Resolved;
+use stripes::Stripes;
+
+/// The user a request comes from: new objects are owned by these ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// fsuid of the calling process.
+    pub uid: u32,
+    /// fsgid of the calling process.
+    pub gid: u32,
+}
 
 /// An open merged directory: the listing is snapshotted when reading starts at offset 0, so
 /// offsets stay valid however small the reader's batches are.
@@ -38,21 +61,54 @@ struct DirHandle {
     listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
+/// A directory descriptor that is either one of the overlay's own or freshly opened.
+enum DirRef<'a> {
+    Borrowed(&'a Dir),
+    Owned(Dir),
+}
+
+impl Deref for DirRef<'_> {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        match self {
+            DirRef::Borrowed(d) => d,
+            DirRef::Owned(d) => d,
+        }
+    }
+}
+
 /// A mounted overlay's state.
 #[derive(Debug)]
 pub struct Overlay {
     layers: Vec<Layer>,
+    upper: Option<Upper>,
     inos: Inos,
     nodes: NodeTable,
-    files: DashMap<u64, Arc<OpenedFile>>,
+    files: DashMap<u64, Arc<Handle>>,
     dirs: DashMap<u64, Arc<DirHandle>>,
     next_handle: AtomicU64,
     name_max: usize,
+    /// Serializes copy-ups of one object.
+    copy_locks: Stripes,
+    /// Serializes changes of the upper directory of one merged directory.
+    dir_locks: Stripes,
+    /// Tells the kernel to drop its cached attributes of a node changed behind its back.
+    invalidator: OnceLock<Invalidator>,
+}
+
+/// A callback dropping the kernel's cached attributes of a node id.
+pub struct Invalidator(pub Box<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Invalidator")
+    }
 }
 
 impl Overlay {
-    /// An overlay of `layers`, topmost first (read-only: there is no upper layer yet).
-    pub fn new(layers: Vec<Layer>) -> Result<Overlay, Errno> {
+    /// An overlay of `layers`, topmost first. With `upper`, `layers[0]` is the writable
+    /// upper layer and `upper` its work area; without, every change is refused (`EROFS`).
+    pub fn new(layers: Vec<Layer>, upper: Option<Upper>) -> Result<Overlay, Errno> {
         if layers.is_empty() {
             return Err(Errno::EINVAL);
         }
@@ -66,17 +122,38 @@ impl Overlay {
                 xwhiteouts: marks.xwhiteouts,
             });
         }
-        let name_max = layers[0].root.statfs()?.namemax as usize;
+        let mut name_max = layers[0].root.statfs()?.namemax as usize;
+        if upper.as_ref().map(|u| u.format) == Some(MarkerFormat::Aufs) {
+            // Room for the `.wh.` of a whiteout of any name.
+            name_max = name_max.saturating_sub(marker::WHITEOUT_PREFIX.len());
+        }
         let inos = Inos::new(layers.iter().map(|l| l.dev));
         Ok(Overlay {
             layers,
+            upper,
             inos,
             nodes: NodeTable::new(Node::root(chain)),
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             name_max,
+            copy_locks: Stripes::new(),
+            dir_locks: Stripes::new(),
+            invalidator: OnceLock::new(),
         })
+    }
+
+    /// Installs the callback that drops the kernel's cached attributes of a node whose
+    /// attributes changed without a request for it (a copy-up turns a directory into a
+    /// merged one, a directory rename replaces one). Set once, when the mount is live.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    fn invalidate(&self, id: u64) {
+        if let Some(f) = self.invalidator.get() {
+            (f.0)(id);
+        }
     }
 
     /// The layers, topmost first.
@@ -84,29 +161,120 @@ impl Overlay {
         &self.layers
     }
 
+    /// The upper layer's settings, if the overlay is writable.
+    pub fn upper(&self) -> Option<&Upper> {
+        self.upper.as_ref()
+    }
+
     /// Number of nodes the kernel currently holds (the root included).
     pub fn live_nodes(&self) -> usize {
         self.nodes.len()
     }
 
-    /// Looks `name` up in directory `parent`, counting one kernel reference to the result.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+    fn writable(&self) -> Result<&Upper, Errno> {
+        self.upper.as_ref().ok_or(Errno::EROFS)
+    }
+
+    /// True when `layer` is the writable upper layer.
+    fn is_upper_layer(&self, layer: usize) -> bool {
+        self.upper.is_some() && layer == 0
+    }
+
+    /// True when the object's data and attributes already live in the upper filesystem.
+    fn on_upper(&self, node: &Node) -> bool {
+        self.upper.is_some() && (node.top_layer() == 0 || node.index().is_some())
+    }
+
+    fn check_name(&self, name: &OsStr) -> Result<(), Errno> {
         if name.len() > self.name_max {
             return Err(Errno::ENAMETOOLONG);
         }
-        let dir = self.nodes.get(parent)?;
+        Ok(())
+    }
+
+    fn dir_node(&self, ino: u64) -> Result<Arc<Node>, Errno> {
+        let dir = self.nodes.get(ino)?;
         if dir.kind != FileKind::Directory {
             return Err(Errno::ENOTDIR);
         }
-        let path = dir.path();
-        let resolved = resolve::resolve_child(&self.layers, &path, &dir.chain(), name)?
-            .ok_or(Errno::ENOENT)?;
-        let id = self.inos.id(resolved.origin.0, resolved.origin.1);
-        let merged_dir = resolved.kind == FileKind::Directory && resolved.chain.len() > 1;
-        let node = self
-            .nodes
-            .remember(id, resolved.kind, resolved.chain, &dir, name);
-        Ok(Attr::new(node.id, node.kind, &resolved.top, merged_dir))
+        Ok(dir)
+    }
+
+    /// Resolves `name` in the merged directory `dir`.
+    fn resolve(&self, dir: &Node, name: &OsStr) -> Result<Option<Resolved>, Errno> {
+        resolve::resolve_child(&self.layers, &dir.path(), &dir.chain(), name)
+    }
+
+    /// The merged number, hard-link index entry and shown status of a resolved child of the
+    /// directory at `parent_path`: a copied-up object keeps its origin's number, and a lower
+    /// hard link whose group was copied up shows the index entry.
+    fn identify(
+        &self,
+        parent_path: &Path,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> Result<(u64, Option<OsString>, Stat), Errno> {
+        let mut origin = r.origin;
+        let mut st = r.top;
+        let mut index = None;
+        if let Some(up) = &self.upper {
+            if r.chain[0].layer == 0 {
+                let dir = self.layers[0].dir(parent_path)?;
+                if let Some(o) = up.origin(&dir, Some(name), (st.dev, st.ino)) {
+                    origin = o;
+                }
+            } else if r.kind != FileKind::Directory && st.nlink > 1 {
+                let key = upper::index_key(&st);
+                match up.index.stat_child(&key) {
+                    Ok(ist) => {
+                        st = ist;
+                        st.nlink = st.nlink.saturating_sub(1).max(1);
+                        index = Some(key);
+                    }
+                    Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok((self.inos.id(origin.0, origin.1), index, st))
+    }
+
+    /// Records a kernel reference to the resolved child `name` of `dir`.
+    fn remember(
+        &self,
+        dir: &Arc<Node>,
+        name: &OsStr,
+        r: Resolved,
+    ) -> Result<(Arc<Node>, Stat), Errno> {
+        let (id, index, st) = self.identify(&dir.path(), name, &r)?;
+        let node = self.nodes.remember(id, r.kind, r.chain, index, dir, name);
+        Ok((node, st))
+    }
+
+    /// The node of the resolved child `name` of `dir` without keeping a kernel reference
+    /// (the kernel already holds one when it asks to change it).
+    fn child_node(&self, dir: &Arc<Node>, name: &OsStr, r: Resolved) -> Result<Arc<Node>, Errno> {
+        let (node, _) = self.remember(dir, name, r)?;
+        self.nodes.forget(node.id, 1);
+        Ok(node)
+    }
+
+    fn attr(&self, node: &Node, st: &Stat) -> Attr {
+        let merged_dir = node.kind == FileKind::Directory && node.chain().len() > 1;
+        let mut a = Attr::new(node.id, node.kind, st, merged_dir);
+        if node.is_unlinked() {
+            a.nlink = 0;
+        }
+        a
+    }
+
+    /// Looks `name` up in directory `parent`, counting one kernel reference to the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(Attr, u64), Errno> {
+        self.check_name(name)?;
+        let dir = self.dir_node(parent)?;
+        let resolved = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
+        let (node, st) = self.remember(&dir, name, resolved)?;
+        Ok((self.attr(&node, &st), node.generation))
     }
 
     /// Drops `count` kernel references to `ino`.
@@ -114,12 +282,18 @@ impl Overlay {
         self.nodes.forget(ino, count);
     }
 
-    /// Attributes of `ino`.
-    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+    /// Attributes of `ino`; `fh`, an open file of it, answers for an unlinked file.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
         let node = self.nodes.get(ino)?;
+        if node.is_unlinked() {
+            let handle = match fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone())) {
+                Some(h) => h,
+                None => self.any_handle(ino).ok_or(Errno::ENOENT)?,
+            };
+            return Ok(self.attr(&node, &handle.stat()?));
+        }
         let st = self.stat_node(&node)?;
-        let merged_dir = node.kind == FileKind::Directory && node.chain().len() > 1;
-        Ok(Attr::new(node.id, node.kind, &st, merged_dir))
+        Ok(self.attr(&node, &st))
     }
 
     /// The target of symlink `ino`.
@@ -128,61 +302,13 @@ impl Overlay {
         if node.kind != FileKind::Symlink {
             return Err(Errno::EINVAL);
         }
-        let (parent, name) = node.parent_and_name();
-        self.layers[node.top_layer()]
-            .dir(&parent.path())?
-            .readlink_child(&name)
-    }
-
-    /// Opens regular file `ino` with open(2) `flags`; returns a handle for [`Overlay::read`].
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
-        let node = self.nodes.get(ino)?;
-        match node.kind {
-            FileKind::Regular => {}
-            FileKind::Directory => return Err(Errno::EISDIR),
-            _ => return Err(Errno::EINVAL),
-        }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(Errno::EROFS);
-        }
-        let (parent, name) = node.parent_and_name();
-        let file = self.layers[node.top_layer()]
-            .dir(&parent.path())?
-            .open_file(&name, libc::O_RDONLY)?;
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files.insert(fh, Arc::new(file));
-        Ok(fh)
-    }
-
-    /// Reads up to `size` bytes at `offset` from open file `fh` (short only at end of file).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let file = self.files.get(&fh).map(|f| f.clone()).ok_or(Errno::EBADF)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
-            match file.read_at(&mut buf[done..], at) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
-            }
-        }
-        buf.truncate(done);
-        Ok(buf)
-    }
-
-    /// Closes open file `fh`.
-    pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        let (dir, name) = self.locate(&node)?;
+        dir.readlink_child(&name)
     }
 
     /// Opens directory `ino` for listing.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        let node = self.nodes.get(ino)?;
-        if node.kind != FileKind::Directory {
-            return Err(Errno::ENOTDIR);
-        }
+        let node = self.dir_node(ino)?;
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs.insert(
             fh,
@@ -226,8 +352,26 @@ impl Overlay {
         Ok(())
     }
 
+    /// The merged entries of directory node `dir`, `.` and `..` left out.
+    fn list(&self, dir: &Node) -> Result<Vec<DirEntry>, Errno> {
+        self.list_at(&dir.path(), &dir.chain())
+    }
+
+    fn list_at(&self, path: &Path, chain: &[ChainDir]) -> Result<Vec<DirEntry>, Errno> {
+        let origin = |dir: &Dir, name: &OsStr, own: (u64, u64)| -> Option<u64> {
+            let up = self.upper.as_ref()?;
+            let (dev, ino) = up.origin(dir, Some(name), own)?;
+            Some(self.inos.id(dev, ino))
+        };
+        let origin: Option<&merge::OriginFn<'_>> = match self.upper {
+            Some(_) => Some(&origin),
+            None => None,
+        };
+        merge::list(&self.layers, &self.inos, path, chain, origin)
+    }
+
     fn snapshot(&self, dir: &Arc<Node>) -> Result<Vec<DirEntry>, Errno> {
-        let entries = merge::list(&self.layers, &self.inos, &dir.path(), &dir.chain())?;
+        let entries = self.list(dir)?;
         let (parent, _) = dir.parent_and_name();
         let mut out = Vec::with_capacity(entries.len() + 2);
         out.push(DirEntry {
@@ -255,54 +399,99 @@ impl Overlay {
             return Err(Errno::ENODATA);
         }
         let node = self.nodes.get(ino)?;
-        let layer = &self.layers[node.top_layer()];
         if node.kind == FileKind::Directory {
-            return layer.dir(&node.path())?.xattr_get(name);
+            return self.dir_of(&node)?.xattr_get(name);
         }
-        let (parent, child) = node.parent_and_name();
-        layer.dir(&parent.path())?.child_xattr_get(&child, name)
+        let (dir, child) = self.locate(&node)?;
+        dir.child_xattr_get(&child, name)
     }
 
     /// The NUL-separated xattr names of `ino`, the overlay's own left out.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
         let node = self.nodes.get(ino)?;
-        let layer = &self.layers[node.top_layer()];
         let list = if node.kind == FileKind::Directory {
-            layer.dir(&node.path())?.xattr_list()?
+            self.dir_of(&node)?.xattr_list()?
         } else {
-            let (parent, child) = node.parent_and_name();
-            layer.dir(&parent.path())?.child_xattr_list(&child)?
+            let (dir, child) = self.locate(&node)?;
+            dir.child_xattr_list(&child)?
         };
         Ok(marker::visible_xattr_list(&list))
     }
 
-    /// Usage of the filesystem writes would go to (the top layer's).
+    /// Usage of the filesystem writes go to (the top layer's).
     pub fn statfs(&self) -> Result<FsStat, Errno> {
-        self.layers[0].root.statfs()
-    }
-
-    /// The error for every operation that would change the merged tree: `EROFS`, as this
-    /// overlay has no upper layer.
-    pub fn refuse_change(&self) -> Errno {
-        Errno::EROFS
+        let mut st = self.layers[0].root.statfs()?;
+        st.namemax = st.namemax.min(self.name_max as u32);
+        Ok(st)
     }
 
     /// access(2) on `ino`: the kernel checks permissions (`default_permissions`); this
-    /// answers existence and that nothing is writable.
+    /// answers existence and, without an upper layer, that nothing is writable.
     pub fn access(&self, ino: u64, mask: i32) -> Result<(), Errno> {
         self.nodes.get(ino)?;
-        if mask & libc::W_OK != 0 {
+        if mask & libc::W_OK != 0 && self.upper.is_none() {
             return Err(Errno::EROFS);
         }
         Ok(())
     }
 
-    fn stat_node(&self, node: &Arc<Node>) -> Result<Stat, Errno> {
+    /// The directory node `node` (a directory) in its topmost layer.
+    fn dir_of(&self, node: &Node) -> Result<DirRef<'_>, Errno> {
         let layer = &self.layers[node.top_layer()];
         if node.id == ROOT_ID {
-            return layer.root.stat();
+            return Ok(DirRef::Borrowed(&layer.root));
+        }
+        Ok(DirRef::Owned(layer.dir(&node.path())?))
+    }
+
+    /// Where a non-root object lives: a directory holding it and its name there (the index
+    /// entry for a copied-up lower hard link).
+    fn locate(&self, node: &Arc<Node>) -> Result<(DirRef<'_>, OsString), Errno> {
+        if let (Some(key), Some(up)) = (node.index(), self.upper.as_ref()) {
+            return Ok((DirRef::Borrowed(&up.index), key));
         }
         let (parent, name) = node.parent_and_name();
-        layer.dir(&parent.path())?.stat_child(&name)
+        let dir = self.layers[node.top_layer()].dir(&parent.path())?;
+        Ok((DirRef::Owned(dir), name))
+    }
+
+    fn stat_node(&self, node: &Arc<Node>) -> Result<Stat, Errno> {
+        if node.kind == FileKind::Directory {
+            return self.dir_of(node)?.stat();
+        }
+        let (dir, name) = self.locate(node)?;
+        let mut st = dir.stat_child(&name)?;
+        if node.index().is_some() {
+            st.nlink = st.nlink.saturating_sub(1).max(1);
+        }
+        Ok(st)
+    }
+
+    /// The upper directory of merged directory `dir`, copied up first if needed.
+    fn upper_dir(&self, dir: &Arc<Node>) -> Result<DirRef<'_>, Errno> {
+        self.copy_up(dir)?;
+        if dir.id == ROOT_ID {
+            return Ok(DirRef::Borrowed(&self.layers[0].root));
+        }
+        Ok(DirRef::Owned(self.layers[0].dir(&dir.path())?))
+    }
+
+    /// The chain of `dir` without its upper directory: the layers a whiteout must hide.
+    fn lower_chain(&self, chain: &[ChainDir]) -> Chain {
+        chain
+            .iter()
+            .filter(|c| !self.is_upper_layer(c.layer))
+            .copied()
+            .collect()
+    }
+
+    /// True when a lower layer of merged directory `dir` shows `name`: removing or moving
+    /// the upper object of that name must leave a whiteout.
+    fn lower_has(&self, dir: &Node, name: &OsStr) -> Result<bool, Errno> {
+        let lower = self.lower_chain(&dir.chain());
+        if lower.is_empty() {
+            return Ok(false);
+        }
+        Ok(resolve::resolve_child(&self.layers, &dir.path(), &lower, name)?.is_some())
     }
 }

@@ -8,7 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -43,9 +43,16 @@ pub struct Node {
     pub id: u64,
     /// Its type.
     pub kind: FileKind,
+    /// Told to the kernel with the id: a new object reusing a live id gets a new generation,
+    /// so the kernel never mistakes it for the old one.
+    pub generation: u64,
     lookups: AtomicU64,
     link: RwLock<Link>,
     chain: RwLock<Chain>,
+    /// The name in the upper's hard-link index that holds the object's data, when it is a
+    /// copied-up lower hard link.
+    index: RwLock<Option<OsString>>,
+    unlinked: AtomicBool,
 }
 
 impl Node {
@@ -54,12 +61,15 @@ impl Node {
         Node {
             id: ROOT_ID,
             kind: FileKind::Directory,
+            generation: 0,
             lookups: AtomicU64::new(1),
             link: RwLock::new(Link {
                 parent: None,
                 name: OsString::new(),
             }),
             chain: RwLock::new(chain),
+            index: RwLock::new(None),
+            unlinked: AtomicBool::new(false),
         }
     }
 
@@ -94,6 +104,39 @@ impl Node {
     /// The topmost layer holding the object.
     pub fn top_layer(&self) -> usize {
         self.chain.read().first().map_or(0, |c| c.layer)
+    }
+
+    /// Replaces the layers the object is made of (after a copy-up or a rename).
+    pub fn set_chain(&self, chain: Chain) {
+        *self.chain.write() = chain;
+    }
+
+    /// Gives the object a new primary name (after a rename).
+    pub fn set_link(&self, parent: &Arc<Node>, name: &OsStr) {
+        *self.link.write() = Link {
+            parent: Some(parent.clone()),
+            name: name.to_owned(),
+        };
+    }
+
+    /// The hard-link index entry holding the object's data, if any.
+    pub fn index(&self) -> Option<OsString> {
+        self.index.read().clone()
+    }
+
+    /// Records that the object's data lives in the index entry `key`.
+    pub fn set_index(&self, key: Option<OsString>) {
+        *self.index.write() = key;
+    }
+
+    /// Records that the object's last name is gone (it may still be open).
+    pub fn mark_unlinked(&self) {
+        self.unlinked.store(true, Ordering::Release);
+    }
+
+    /// True once the object has no name left in the merged tree.
+    pub fn is_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Acquire)
     }
 }
 
@@ -130,35 +173,42 @@ impl NodeTable {
         id: u64,
         kind: FileKind,
         chain: Chain,
+        index: Option<OsString>,
         parent: &Arc<Node>,
         name: &OsStr,
     ) -> Arc<Node> {
-        let link = || Link {
-            parent: Some(parent.clone()),
-            name: name.to_owned(),
-        };
-        let mut entry = self.nodes.entry(id).or_insert_with(|| {
+        let node = |generation: u64, lookups: u64, chain: Chain, index: Option<OsString>| {
             Arc::new(Node {
                 id,
                 kind,
-                lookups: AtomicU64::new(0),
-                link: RwLock::new(link()),
-                chain: RwLock::new(chain.clone()),
-            })
-        });
-        if entry.kind != kind {
-            // The number now names another object (possible only once an upper layer reuses
-            // a freed inode): the old node is gone for good.
-            *entry = Arc::new(Node {
-                id,
-                kind,
-                lookups: AtomicU64::new(0),
-                link: RwLock::new(link()),
+                generation,
+                lookups: AtomicU64::new(lookups),
+                link: RwLock::new(Link {
+                    parent: Some(parent.clone()),
+                    name: name.to_owned(),
+                }),
                 chain: RwLock::new(chain),
-            });
+                index: RwLock::new(index),
+                unlinked: AtomicBool::new(false),
+            })
+        };
+        let mut entry = self
+            .nodes
+            .entry(id)
+            .or_insert_with(|| node(0, 0, chain.clone(), index.clone()));
+        if entry.kind != kind || entry.is_unlinked() {
+            // The number now names another object: the upper filesystem reused the inode
+            // of a deleted one the kernel still holds. The new object gets a new generation;
+            // it inherits the old one's lookup count so the kernel's forgets of both add up.
+            let lookups = entry.lookups.load(Ordering::Acquire);
+            *entry = node(entry.generation + 1, lookups, chain, index);
         } else if id != ROOT_ID {
-            *entry.link.write() = link();
+            *entry.link.write() = Link {
+                parent: Some(parent.clone()),
+                name: name.to_owned(),
+            };
             *entry.chain.write() = chain;
+            *entry.index.write() = index;
         }
         entry.lookups.fetch_add(1, Ordering::AcqRel);
         entry.clone()
@@ -203,8 +253,15 @@ mod tests {
     fn paths_are_built_from_parent_names() {
         let table = NodeTable::new(Node::root(chain()));
         let root = table.root().clone();
-        let a = table.remember(10, FileKind::Directory, chain(), &root, OsStr::new("a"));
-        let b = table.remember(11, FileKind::Regular, chain(), &a, OsStr::new("b"));
+        let a = table.remember(
+            10,
+            FileKind::Directory,
+            chain(),
+            None,
+            &root,
+            OsStr::new("a"),
+        );
+        let b = table.remember(11, FileKind::Regular, chain(), None, &a, OsStr::new("b"));
         assert_eq!(root.path(), PathBuf::from(""));
         assert_eq!(b.path(), PathBuf::from("a/b"));
     }
@@ -213,8 +270,8 @@ mod tests {
     fn forget_frees_a_node_only_at_zero_lookups() {
         let table = NodeTable::new(Node::root(chain()));
         let root = table.root().clone();
-        table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("a"));
-        table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("a"));
+        table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("a"));
+        table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("a"));
         assert_eq!(table.len(), 2);
         table.forget(10, 1);
         assert!(table.get(10).is_ok());
@@ -228,8 +285,8 @@ mod tests {
     fn a_hard_link_reached_by_another_name_moves_its_primary_name() {
         let table = NodeTable::new(Node::root(chain()));
         let root = table.root().clone();
-        table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("x"));
-        let n = table.remember(10, FileKind::Regular, chain(), &root, OsStr::new("y"));
+        table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("x"));
+        let n = table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("y"));
         assert_eq!(n.path(), PathBuf::from("y"));
     }
 }

@@ -19,7 +19,7 @@ fn overlay(build: impl FnOnce(&Path)) -> (tempfile::TempDir, Overlay) {
         .enumerate()
         .map(|(i, n)| Layer::open(i, &t.path().join(n)).unwrap())
         .collect();
-    (t, Overlay::new(layers).unwrap())
+    (t, Overlay::new(layers, None).unwrap())
 }
 
 fn write(root: &Path, rel: &str, content: &str) {
@@ -50,14 +50,14 @@ fn lookup_and_readdir_agree_on_whiteouts_and_opaque_dirs() {
         write(r, "1/d/kept", "k");
         write(r, "1/o/old", "o");
     });
-    let d = o.lookup(1, OsStr::new("d")).unwrap().ino;
+    let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
     assert_eq!(o.lookup(d, OsStr::new("gone")).unwrap_err(), Errno::ENOENT);
     assert_eq!(
         o.lookup(d, OsStr::new(".wh.gone")).unwrap_err(),
         Errno::ENOENT
     );
     assert_eq!(names(&o, d), vec![".", "..", "kept"]);
-    let dir = o.lookup(1, OsStr::new("o")).unwrap();
+    let dir = o.lookup(1, OsStr::new("o")).unwrap().0;
     assert_eq!(dir.kind, FileKind::Directory);
     assert_eq!(
         dir.nlink, 2,
@@ -69,7 +69,7 @@ fn lookup_and_readdir_agree_on_whiteouts_and_opaque_dirs() {
         Errno::ENOENT
     );
     assert_eq!(
-        o.getattr(d).unwrap().nlink,
+        o.getattr(d, None).unwrap().nlink,
         1,
         "a merged dir reports one link"
     );
@@ -83,7 +83,7 @@ fn readdir_offsets_resume_where_the_reader_stopped() {
             write(r, &format!("1/d/b{i}"), "");
         }
     });
-    let d = o.lookup(1, OsStr::new("d")).unwrap().ino;
+    let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
     let fh = o.opendir(d).unwrap();
     let mut seen = Vec::new();
     let mut offset = 0;
@@ -114,15 +114,15 @@ fn forget_frees_nodes_and_lookup_brings_them_back_with_the_same_number() {
         }
     });
     let inos: Vec<u64> = (0..100)
-        .map(|i| o.lookup(1, OsStr::new(&format!("f{i}"))).unwrap().ino)
+        .map(|i| o.lookup(1, OsStr::new(&format!("f{i}"))).unwrap().0.ino)
         .collect();
     assert_eq!(o.live_nodes(), 101);
     for ino in &inos {
         o.forget(*ino, 1);
     }
     assert_eq!(o.live_nodes(), 1);
-    assert_eq!(o.getattr(inos[0]).unwrap_err(), Errno::ESTALE);
-    assert_eq!(o.lookup(1, OsStr::new("f0")).unwrap().ino, inos[0]);
+    assert_eq!(o.getattr(inos[0], None).unwrap_err(), Errno::ESTALE);
+    assert_eq!(o.lookup(1, OsStr::new("f0")).unwrap().0.ino, inos[0]);
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn long_names_writes_and_bad_handles_get_their_errnos() {
         o.lookup(1, OsStr::new(&long)).unwrap_err(),
         Errno::ENAMETOOLONG
     );
-    let f = o.lookup(1, OsStr::new("f")).unwrap().ino;
+    let f = o.lookup(1, OsStr::new("f")).unwrap().0.ino;
     assert_eq!(o.open(f, libc::O_RDWR).unwrap_err(), Errno::EROFS);
     assert_eq!(
         o.open(f, libc::O_RDONLY | libc::O_TRUNC).unwrap_err(),

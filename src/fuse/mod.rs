@@ -15,8 +15,8 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Overlay};
-use crate::sys::{Errno, FileKind};
+use crate::fs::{Attr, Caller, NewObject, Overlay, SetAttr};
+use crate::sys::{Errno, FileKind, SetTime};
 
 /// The `fuser::Filesystem` for an [`Overlay`].
 #[derive(Debug)]
@@ -89,12 +89,59 @@ fn negative_attr() -> FileAttr {
     }
 }
 
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos().into()),
+            Err(e) => {
+                let d = e.duration();
+                let nsec = i64::from(d.subsec_nanos());
+                if nsec == 0 {
+                    SetTime::At(-(d.as_secs() as i64), 0)
+                } else {
+                    SetTime::At(-(d.as_secs() as i64) - 1, 1_000_000_000 - nsec)
+                }
+            }
+        },
+    })
+}
+
 fn reply_xattr(value: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
     match value {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
         Ok(v) if v.len() > size as usize => reply.error(fuser::Errno::ERANGE),
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl OverlayFs {
+    fn reply_made(&self, made: Result<(Attr, u64, Option<u64>), Errno>, reply: ReplyEntry) {
+        match made {
+            Ok((attr, generation, fh)) => {
+                if let Some(fh) = fh {
+                    // mknod of a regular file opens nothing.
+                    self.core.release(fh);
+                }
+                reply.entry(&self.ttl, &file_attr(&attr), Generation(generation))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 }
 
@@ -112,7 +159,9 @@ impl Filesystem for OverlayFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok((attr, generation)) => {
+                reply.entry(&self.ttl, &file_attr(&attr), Generation(generation))
+            }
             Err(Errno::ENOENT) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
@@ -122,8 +171,8 @@ impl Filesystem for OverlayFs {
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -132,22 +181,33 @@ impl Filesystem for OverlayFs {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.core.setattr(ino.0, fh.map(|f| f.0), &set) {
+            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -159,70 +219,96 @@ impl Filesystem for OverlayFs {
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        let what = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewObject::File(libc::O_RDONLY)
+        } else {
+            NewObject::Node(mode & libc::S_IFMT, rdev.into())
+        };
+        // The kernel has applied the umask (FUSE_DONT_MASK is not negotiated).
+        let made = self
+            .core
+            .make(parent.0, name, what, mode & 0o7777, caller(req));
+        self.reply_made(made, reply);
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        let made = self
+            .core
+            .make(parent.0, name, NewObject::Dir, mode & 0o7777, caller(req));
+        self.reply_made(made, reply);
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(self.core.refuse_change()));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.unlink(parent.0, name), reply);
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(self.core.refuse_change()));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.rmdir(parent.0, name), reply);
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        use std::os::unix::ffi::OsStrExt;
+        let what = NewObject::Symlink(target.as_os_str().as_bytes());
+        self.reply_made(
+            self.core
+                .make(parent.0, link_name, what, 0o777, caller(req)),
+            reply,
+        );
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        let r = self
+            .core
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(r, reply);
     }
 
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        match self.core.link(ino.0, newparent.0, newname) {
+            Ok((attr, generation)) => {
+                reply.entry(&self.ttl, &file_attr(&attr), Generation(generation))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -254,15 +340,18 @@ impl Filesystem for OverlayFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        match self.core.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn flush(
@@ -290,9 +379,8 @@ impl Filesystem for OverlayFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        // Nothing is ever written through a read-only overlay, so there is nothing to sync.
-        reply.ok();
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, ds: bool, reply: ReplyEmpty) {
+        reply_empty(self.core.fsync(fh.0, ds), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -354,14 +442,14 @@ impl Filesystem for OverlayFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        reply_empty(self.core.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -372,8 +460,8 @@ impl Filesystem for OverlayFs {
         reply_xattr(self.core.listxattr(ino.0), size, reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(self.core.refuse_change()));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -385,27 +473,44 @@ impl Filesystem for OverlayFs {
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        let made = self.core.make(
+            parent.0,
+            name,
+            NewObject::File(flags),
+            mode & 0o7777,
+            caller(req),
+        );
+        match made {
+            Ok((attr, generation, Some(fh))) => reply.created(
+                &self.ttl,
+                &file_attr(&attr),
+                Generation(generation),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Ok(_) => reply.error(fuser::Errno::EIO),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn fallocate(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(self.core.refuse_change()));
+        reply_empty(self.core.fallocate(fh.0, offset, length, mode), reply);
     }
 }

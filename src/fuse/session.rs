@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::OverlayFs;
+use crate::fs::Invalidator;
 use crate::sys::process;
 
 /// How the FUSE mount itself is set up.
@@ -48,7 +49,13 @@ pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
     };
     config.n_threads = Some(spec.threads.max(1));
     config.clone_fd = true;
+    let core = fs.core.clone();
     let session = Session::new(fs, &spec.mountpoint, &config)?;
+    let notifier = session.notifier();
+    core.set_invalidator(Invalidator(Box::new(move |id| {
+        // Attributes only (negative offset); an inode the kernel dropped gives ENOENT.
+        let _ = notifier.inval_inode(fuser::INodeNo(id), -1, 0);
+    })));
     Ok(Mounted {
         session,
         mountpoint: spec.mountpoint.clone(),

@@ -30,11 +30,17 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
-fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
+pub(super) fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
     // SAFETY: open_how is plain integers, for which all-zero is a valid value (and the
     // value the kernel expects in fields we do not set).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = mode as u64;
     how.resolve = RESOLVE_IN_LAYER;
     // SAFETY: `path` is a valid NUL-terminated string, `how` is a fully initialised open_how
     // whose size we pass; the kernel only reads both. `dir` is a live descriptor.
@@ -54,7 +60,7 @@ fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<OwnedFd, Errn
 
 /// Refuses names that are not a single path component: the callers pass one name to calls
 /// (fstatat, readlinkat) that would otherwise walk `/` and `..` without `RESOLVE_BENEATH`.
-fn component(name: &OsStr) -> Result<std::ffi::CString, Errno> {
+pub(super) fn component(name: &OsStr) -> Result<std::ffi::CString, Errno> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
         return Err(Errno::EINVAL);
@@ -99,6 +105,7 @@ impl Dir {
             self.fd.as_fd(),
             &c,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
         )?;
         Ok(Dir { fd })
     }
@@ -110,6 +117,7 @@ impl Dir {
             self.fd.as_fd(),
             &c,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
         )?;
         Ok(Dir { fd })
     }
@@ -127,14 +135,14 @@ impl Dir {
 
     /// Every entry of this directory, `.` and `..` included, in on-disk order.
     pub fn entries(&self) -> Result<Vec<RawEntry>, Errno> {
-        let fd = openat2(self.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fd = openat2(self.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         dirent::read_all(fd)
     }
 
     /// Opens the regular file `name` with `flags` (`O_NOFOLLOW` is always added).
     pub fn open_file(&self, name: &OsStr, flags: i32) -> Result<OpenedFile, Errno> {
         let c = component(name)?;
-        let fd = openat2(self.fd.as_fd(), &c, flags | libc::O_NOFOLLOW)?;
+        let fd = openat2(self.fd.as_fd(), &c, flags | libc::O_NOFOLLOW, 0)?;
         Ok(File::from(fd))
     }
 
@@ -176,9 +184,9 @@ impl Dir {
         xattr::get(self.child_path_fd(name)?.as_fd(), attr)
     }
 
-    fn child_path_fd(&self, name: &OsStr) -> Result<OwnedFd, Errno> {
+    pub(super) fn child_path_fd(&self, name: &OsStr) -> Result<OwnedFd, Errno> {
         let c = component(name)?;
-        openat2(self.fd.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW)
+        openat2(self.fd.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
     }
 
     /// Usage figures of the filesystem holding this directory.

@@ -8,12 +8,15 @@
 
 mod dir;
 mod dirent;
+mod dirwrite;
+pub mod file;
 pub mod process;
 mod stat;
 mod xattr;
 
 pub use dir::{Dir, OpenedFile};
 pub use dirent::RawEntry;
+pub use dirwrite::{rename_flags, SetTime};
 pub use nix::errno::Errno;
 pub use stat::{FileKind, FsStat, Stat};
 

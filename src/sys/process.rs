@@ -117,3 +117,8 @@ pub fn raise_nofile_limit() -> Result<u64, Errno> {
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     Ok(hard)
 }
+
+/// Sets the process umask to 0, so modes given to the layer filesystem are used as they are.
+pub fn clear_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+}

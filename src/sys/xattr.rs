@@ -58,3 +58,30 @@ pub(super) fn get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<u8>, Errno> {
         }
     })
 }
+
+/// Sets attribute `name` of the object behind `fd` to `value` (`flags`: `XATTR_CREATE`,
+/// `XATTR_REPLACE` or 0).
+pub(super) fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    let path = proc_path(fd);
+    let name = cstr(name.as_bytes())?;
+    // SAFETY: both strings are NUL-terminated; `value` is readable for the length we pass.
+    let ret = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    check(ret.into()).map(drop)
+}
+
+/// Removes attribute `name` of the object behind `fd`.
+pub(super) fn remove(fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    let path = proc_path(fd);
+    let name = cstr(name.as_bytes())?;
+    // SAFETY: both strings are NUL-terminated.
+    let ret = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    check(ret.into()).map(drop)
+}

@@ -130,6 +130,62 @@ pub fn mount_ours_with(lowers: &[PathBuf], mountpoint: &Path, extra: &str) -> Mo
     }
 }
 
+/// Mounts our daemon writable: `lowers` under `upper`, with `work` as its work dir.
+pub fn mount_ours_rw(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    mountpoint: &Path,
+    extra: &str,
+) -> Mounted {
+    let mut opts = format!("upperdir={},workdir={}", upper.display(), work.display());
+    if !extra.is_empty() {
+        opts.push(',');
+        opts.push_str(extra);
+    }
+    mount_ours_with(lowers, mountpoint, &opts)
+}
+
+/// Mounts the kernel overlay writable: `lowers` under `upper`, work dir `work`.
+pub fn mount_kernel_rw(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    mountpoint: &Path,
+) -> Mounted {
+    let lower = lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = CString::new(format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    ))
+    .unwrap();
+    let target = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
+    // SAFETY: test helper; NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "kernel overlay mount failed: {}",
+        std::io::Error::last_os_error()
+    );
+    Mounted {
+        path: mountpoint.to_owned(),
+    }
+}
+
 /// Mounts our daemon over `lowers`.
 pub fn mount_ours(lowers: &[PathBuf], mountpoint: &Path) -> Mounted {
     mount_ours_with(lowers, mountpoint, "")
@@ -206,6 +262,61 @@ impl Pair {
             ours,
             kernel,
         }
+    }
+
+    /// Writes `lowers` (topmost first) in both forms and mounts both overlays writable, each
+    /// with an empty upper layer (`ou`/`ku`) and work dir (`ow`/`kw`) in the scratch dir.
+    pub fn writable(lowers: &[Layer], extra: &str) -> Pair {
+        let scratch = Scratch::new();
+        let mut ours = Vec::new();
+        let mut kernel = Vec::new();
+        for (i, layer) in lowers.iter().enumerate() {
+            let o = scratch.path(&format!("o{i}"));
+            let k = scratch.path(&format!("k{i}"));
+            layer.write(&o, Form::Ours);
+            layer.write(&k, Form::Kernel);
+            ours.push(o);
+            kernel.push(k);
+        }
+        for d in ["ou", "ow", "ku", "kw"] {
+            scratch.mkdir(d);
+        }
+        let om = scratch.mkdir("ours");
+        let km = scratch.mkdir("kern");
+        let ours = mount_ours_rw(&ours, &scratch.path("ou"), &scratch.path("ow"), &om, extra);
+        let kernel = mount_kernel_rw(&kernel, &scratch.path("ku"), &scratch.path("kw"), &km);
+        Pair {
+            scratch,
+            ours,
+            kernel,
+        }
+    }
+
+    /// Unmounts and mounts our overlay again over the same layers (`extra` options as at
+    /// first), as a writable pair was set up.
+    pub fn remount_ours(&mut self, lowers: usize, extra: &str) {
+        self.ours.unmount();
+        let l: Vec<PathBuf> = (0..lowers)
+            .map(|i| self.scratch.path(&format!("o{i}")))
+            .collect();
+        let s = &self.scratch;
+        let new = mount_ours_rw(&l, &s.path("ou"), &s.path("ow"), &s.path("ours"), extra);
+        // The old guard would unmount the new mount at the same path.
+        std::mem::forget(std::mem::replace(&mut self.ours, new));
+    }
+
+    /// Runs `op` on both mounts and asserts the results (value or errno) agree.
+    pub fn both<T: PartialEq + std::fmt::Debug>(
+        &self,
+        what: &str,
+        op: impl Fn(&Path) -> Result<T, i32>,
+    ) {
+        let o = op(&self.ours.path);
+        let k = op(&self.kernel.path);
+        assert_eq!(
+            o, k,
+            "{what}: ours (left) differs from the kernel overlay (right)"
+        );
     }
 
     /// Path `rel` in our mount.

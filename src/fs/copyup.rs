@@ -1,0 +1,341 @@
+//! Copy-up: before the first change to a lower object, a copy of it is built in the work
+//! dir (type, data with its holes, owner, mode, xattrs, times), fsynced, and renamed into the
+//! upper layer in one step, parents first. A crash leaves either no copy or a whole one.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::node::ChainDir;
+use super::upper::{self, Upper};
+use super::{marker, Overlay};
+use crate::sys::{file, rename_flags, Dir, Errno, FileKind, SetTime, Stat};
+
+/// Bytes moved per copy_file_range or read/write call.
+const CHUNK: usize = 1 << 20;
+
+impl Overlay {
+    /// Makes sure the object of `node` exists in the upper layer, copying it (and its
+    /// parents) up if needed. Concurrent calls for one object copy it once.
+    pub(super) fn copy_up(&self, node: &Arc<super::Node>) -> Result<(), Errno> {
+        self.copy_up_with(node, false)
+    }
+
+    /// As [`Overlay::copy_up`]; with `truncate`, a regular file's data is not copied (it is
+    /// about to be truncated to zero).
+    pub(super) fn copy_up_with(
+        &self,
+        node: &Arc<super::Node>,
+        truncate: bool,
+    ) -> Result<(), Errno> {
+        let up = self.writable()?;
+        if self.on_upper(node) {
+            return Ok(());
+        }
+        let (parent, _) = node.parent_and_name();
+        self.copy_up(&parent)?;
+        let _once = self.copy_locks.lock(node.id);
+        if self.on_upper(node) {
+            return Ok(());
+        }
+        if node.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
+        let (parent, name) = node.parent_and_name();
+        let path = parent.path();
+        let src_dir = self.layers[node.top_layer()].dir(&path)?;
+        let st = src_dir.stat_child(&name)?;
+        let updir = self.layers[0].dir(&path)?;
+        if node.kind == FileKind::Directory {
+            let tmp = up.temp_name();
+            let built = (|| {
+                up.work.mkdir(&tmp, 0o700)?;
+                let d = up.work.child_dir(&tmp)?;
+                copy_xattrs(&src_dir.child_dir(&name)?, None, &d, None)?;
+                up.set_origin(&d, None, (st.dev, st.ino));
+                set_meta(&d, None, &st)
+            })();
+            self.publish(up, built, &tmp, &parent, &updir, &name)?;
+            let mut chain = node.chain();
+            chain.insert(
+                0,
+                ChainDir {
+                    layer: 0,
+                    xwhiteouts: false,
+                },
+            );
+            node.set_chain(chain);
+            self.invalidate(node.id);
+            return Ok(());
+        }
+        if st.nlink > 1 {
+            // A lower hard link: the copy goes to the index first, so every alias of the
+            // group finds it there and they stay one object.
+            let key = self.ensure_index(up, &src_dir, &name, &st, truncate)?;
+            {
+                let _dir = self.dir_locks.lock(parent.id);
+                let times = updir.stat()?;
+                up.index.link(&key, &updir, &name)?;
+                restore_times(&updir, &times);
+            }
+            node.set_index(Some(key));
+        } else {
+            let tmp = up.temp_name();
+            let built = copy_object(up, &src_dir, &name, &st, &up.work, &tmp, truncate, true);
+            self.publish(up, built, &tmp, &parent, &updir, &name)?;
+        }
+        node.set_chain(vec![ChainDir {
+            layer: 0,
+            xwhiteouts: false,
+        }]);
+        self.invalidate(node.id);
+        Ok(())
+    }
+
+    /// The index entry of the lower hard-link group of `name` in `src_dir` (status `st`),
+    /// copied there first if this is the group's first copy-up.
+    pub(super) fn ensure_index(
+        &self,
+        up: &Upper,
+        src_dir: &Dir,
+        name: &OsStr,
+        st: &Stat,
+        truncate: bool,
+    ) -> Result<std::ffi::OsString, Errno> {
+        let key = upper::index_key(st);
+        match up.index.stat_child(&key) {
+            Ok(_) => return Ok(key),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let tmp = up.temp_name();
+        let built = copy_object(up, src_dir, name, st, &up.work, &tmp, truncate, true);
+        let linked = built.and_then(|()| match up.work.link(&tmp, &up.index, &key) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        });
+        let _ = up.work.unlink(&tmp);
+        linked.map(|()| key)
+    }
+
+    /// Renames the finished `tmp` from the work dir to `name` in the upper directory `updir`
+    /// of merged directory `parent`, keeping `updir`'s times (a copy-up is not a change of
+    /// the parent); on failure the partial copy is removed.
+    fn publish(
+        &self,
+        up: &Upper,
+        built: Result<(), Errno>,
+        tmp: &OsStr,
+        parent: &super::Node,
+        updir: &Dir,
+        name: &OsStr,
+    ) -> Result<(), Errno> {
+        let done = built.and_then(|()| {
+            let _dir = self.dir_locks.lock(parent.id);
+            let times = updir.stat()?;
+            up.work.rename(tmp, updir, name, rename_flags::NOREPLACE)?;
+            restore_times(updir, &times);
+            Ok(())
+        });
+        if done.is_err() {
+            let _ = upper::remove_tree(&up.work, tmp);
+        }
+        done
+    }
+}
+
+/// Puts back the access and modification times `st` on `dir`.
+pub(super) fn restore_times(dir: &Dir, st: &Stat) {
+    let _ = dir.set_times(time(st.atime), time(st.mtime));
+}
+
+fn time(t: std::time::SystemTime) -> SetTime {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos().into()),
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
+            if nsec < 0 {
+                sec -= 1;
+                nsec += 1_000_000_000;
+            }
+            SetTime::At(sec, nsec)
+        }
+    }
+}
+
+/// Builds at `dst_name` in `dst_dir` a copy of the non-directory `name` of `src_dir` whose
+/// status is `st`: same type, data (holes kept), xattrs, owner, mode and times. With
+/// `truncate` a regular file's data is left out; with `sync`, it is fsynced (unless the
+/// mount is volatile).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn copy_object(
+    up: &Upper,
+    src_dir: &Dir,
+    name: &OsStr,
+    st: &Stat,
+    dst_dir: &Dir,
+    dst_name: &OsStr,
+    truncate: bool,
+    sync: bool,
+) -> Result<(), Errno> {
+    let kind = st.kind().ok_or(Errno::EIO)?;
+    let mut data = None;
+    match kind {
+        FileKind::Regular => {
+            let dst = dst_dir.create_file(dst_name, libc::O_WRONLY, 0o600)?;
+            if !truncate {
+                let src = src_dir.open_file(name, libc::O_RDONLY)?;
+                copy_data(&src, &dst, st.size)?;
+            }
+            data = Some(dst);
+        }
+        FileKind::Symlink => dst_dir.symlink(dst_name, &src_dir.readlink_child(name)?)?,
+        FileKind::Directory => return Err(Errno::EISDIR),
+        _ => dst_dir.mknod(dst_name, (st.mode & libc::S_IFMT) | 0o600, st.rdev)?,
+    }
+    copy_xattrs(src_dir, Some(name), dst_dir, Some(dst_name))?;
+    up.set_origin(dst_dir, Some(dst_name), (st.dev, st.ino));
+    set_meta(dst_dir, Some(dst_name), st)?;
+    if let Some(f) = data {
+        if sync && up.fsync {
+            f.sync_all().map_err(io_errno)?;
+        }
+    }
+    Ok(())
+}
+
+/// Owner, mode and times of `st` onto `name` in `dir` (or `dir` itself). Owner first: a
+/// chown clears setuid bits the chmod then restores. An owner the daemon cannot give
+/// (rootless, unmapped id) fails with `EOVERFLOW` rather than leave the wrong owner.
+pub(super) fn set_meta(dir: &Dir, name: Option<&OsStr>, st: &Stat) -> Result<(), Errno> {
+    let chown = match name {
+        Some(n) => dir.chown_child(n, Some(st.uid), Some(st.gid)),
+        None => dir.chown(Some(st.uid), Some(st.gid)),
+    };
+    match chown {
+        Ok(()) => {}
+        Err(Errno::EPERM) | Err(Errno::EINVAL) => return Err(Errno::EOVERFLOW),
+        Err(e) => return Err(e),
+    }
+    if st.kind() != Some(FileKind::Symlink) {
+        match name {
+            Some(n) => dir.chmod_child(n, st.mode)?,
+            None => dir.chmod(st.mode)?,
+        }
+    }
+    let (a, m) = (time(st.atime), time(st.mtime));
+    match name {
+        Some(n) => dir.set_times_child(n, a, m),
+        None => dir.set_times(a, m),
+    }
+}
+
+/// Copies the xattrs of `src` (child `src_name` of `src_dir`, or the dir itself) to `dst`,
+/// leaving out the overlay's own. Xattrs the upper filesystem refuses for this type or this
+/// user (user xattrs on special files, `security.*` unprivileged) are skipped.
+pub(super) fn copy_xattrs(
+    src_dir: &Dir,
+    src_name: Option<&OsStr>,
+    dst_dir: &Dir,
+    dst_name: Option<&OsStr>,
+) -> Result<(), Errno> {
+    let list = match src_name {
+        Some(n) => src_dir.child_xattr_list(n),
+        None => src_dir.xattr_list(),
+    };
+    let list = match list {
+        Ok(l) => l,
+        Err(Errno::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if marker::is_private_xattr(attr) {
+            continue;
+        }
+        let attr = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(attr);
+        let value = match src_name {
+            Some(n) => src_dir.child_xattr_get(n, attr),
+            None => src_dir.xattr_get(attr),
+        };
+        let value = match value {
+            Ok(v) => v,
+            Err(Errno::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        let set = match dst_name {
+            Some(n) => dst_dir.child_xattr_set(n, attr, &value, 0),
+            None => dst_dir.xattr_set(attr, &value, 0),
+        };
+        match set {
+            Ok(()) => {}
+            Err(e @ (Errno::EPERM | Errno::ENOTSUP | Errno::EACCES)) => {
+                log::debug!("copy-up skips xattr {}: {e}", attr.to_string_lossy());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Copies `size` bytes of `src` into the empty `dst`: a reflink where the filesystem can,
+/// else each data extent by copy_file_range (read/write where that is refused), leaving
+/// holes as holes.
+pub(super) fn copy_data(src: &File, dst: &File, size: u64) -> Result<(), Errno> {
+    if size == 0 || file::clone_file(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0;
+    while pos < size {
+        let start = match file::next_data(src, pos) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            // No hole support: everything is data.
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => pos,
+            Err(e) => return Err(e),
+        };
+        let end = match file::next_hole(src, start) {
+            Ok(Some(e)) => e.min(size),
+            Ok(None) => size,
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => size,
+            Err(e) => return Err(e),
+        };
+        copy_extent(src, dst, start, end)?;
+        pos = end.max(start + 1);
+    }
+    dst.set_len(size).map_err(io_errno)
+}
+
+fn copy_extent(src: &File, dst: &File, mut pos: u64, end: u64) -> Result<(), Errno> {
+    let mut kernel_copy = true;
+    let mut buf = Vec::new();
+    while pos < end {
+        let want = ((end - pos) as usize).min(CHUNK);
+        if kernel_copy {
+            match file::copy_range(src, dst, pos, want) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    pos += n as u64;
+                    continue;
+                }
+                Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                    kernel_copy = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        buf.resize(want, 0);
+        let n = src.read_at(&mut buf, pos).map_err(io_errno)?;
+        if n == 0 {
+            return Ok(());
+        }
+        dst.write_all_at(&buf[..n], pos).map_err(io_errno)?;
+        pos += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Open files: reads, writes and syncs through a descriptor of the object's current copy.
+//! A descriptor opened on a lower file before its copy-up is switched to the upper copy at
+//! its next read, so it sees the data written since.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::node::Node;
+use super::Overlay;
+use crate::sys::{file, Errno, FileKind, Stat};
+
+/// An open merged file.
+#[derive(Debug)]
+pub(super) struct Handle {
+    node: Arc<Node>,
+    file: RwLock<Arc<File>>,
+    /// The descriptor is on the upper filesystem (final: the object never moves back down).
+    on_upper: AtomicBool,
+}
+
+impl Handle {
+    fn file(&self) -> Arc<File> {
+        self.file.read().clone()
+    }
+
+    /// The descriptor, if it is on the upper filesystem (so changes through it are allowed).
+    pub(super) fn writable(&self) -> Option<Arc<File>> {
+        self.on_upper.load(Ordering::Acquire).then(|| self.file())
+    }
+
+    /// Status of the open object.
+    pub(super) fn stat(&self) -> Result<Stat, Errno> {
+        file::fstat(&self.file())
+    }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Flags passed on to the layer's open: the access mode and sync semantics. Appending is the
+/// kernel's job (it sends the offset), and direct I/O would need aligned buffers.
+fn layer_flags(flags: i32) -> i32 {
+    flags & (libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC)
+}
+
+impl Overlay {
+    /// Opens regular file `ino` with open(2) `flags`; writing (or `O_TRUNC`) copies a lower
+    /// file up first.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let node = self.nodes.get(ino)?;
+        match node.kind {
+            FileKind::Regular => {}
+            FileKind::Directory => return Err(Errno::EISDIR),
+            _ => return Err(Errno::EINVAL),
+        }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if write {
+            self.writable()?;
+            self.copy_up_with(&node, flags & libc::O_TRUNC != 0)?;
+        }
+        let (dir, name) = self.locate(&node)?;
+        let f = dir.open_file(&name, layer_flags(flags))?;
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            f.set_len(0).map_err(io_errno)?;
+        }
+        drop(dir);
+        Ok(self.add_handle(node, f))
+    }
+
+    pub(super) fn add_handle(&self, node: Arc<Node>, f: File) -> u64 {
+        let on_upper = self.on_upper(&node);
+        let fh = self
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.files.insert(
+            fh,
+            Arc::new(Handle {
+                node,
+                file: RwLock::new(Arc::new(f)),
+                on_upper: AtomicBool::new(on_upper),
+            }),
+        );
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, Errno> {
+        self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    /// An open handle of node `ino`, if any (for the status of an unlinked file).
+    pub(super) fn any_handle(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.files
+            .iter()
+            .find(|h| h.node.id == ino)
+            .map(|h| h.clone())
+    }
+
+    /// The descriptor to read `h` through: re-opened on the upper copy once there is one.
+    fn read_file(&self, h: &Handle) -> Result<Arc<File>, Errno> {
+        if !h.on_upper.load(Ordering::Acquire) && self.on_upper(&h.node) && !h.node.is_unlinked() {
+            let (dir, name) = self.locate(&h.node)?;
+            let f = Arc::new(dir.open_file(&name, libc::O_RDONLY)?);
+            *h.file.write() = f.clone();
+            h.on_upper.store(true, Ordering::Release);
+            return Ok(f);
+        }
+        Ok(h.file())
+    }
+
+    /// Reads up to `size` bytes at `offset` from open file `fh` (short only at end of file).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let h = self.handle(fh)?;
+        let file = self.read_file(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
+            match file.read_at(&mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_errno(e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset` through open file `fh`; returns the bytes written.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let h = self.handle(fh)?;
+        if !h.on_upper.load(Ordering::Acquire) {
+            // Opened read-only: a write through it is the kernel's mistake, never the lower's.
+            return Err(Errno::EBADF);
+        }
+        offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        h.file().write_all_at(data, offset).map_err(io_errno)?;
+        Ok(data.len() as u32)
+    }
+
+    /// fsync (or fdatasync with `datasync`) of open file `fh`.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        if !h.on_upper.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let f = h.file();
+        if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        }
+        .map_err(io_errno)
+    }
+
+    /// fallocate(2) on open file `fh`.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
+        let h = self.handle(fh)?;
+        if !h.on_upper.load(Ordering::Acquire) {
+            return Err(Errno::EBADF);
+        }
+        file::fallocate(&h.file(), mode, offset, len)
+    }
+
+    /// The descriptor of open file `fh` if it can change the object (for ftruncate).
+    pub(super) fn writable_file(&self, fh: u64) -> Option<Arc<File>> {
+        self.files.get(&fh)?.writable()
+    }
+
+    /// Closes open file `fh`.
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+}

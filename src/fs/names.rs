@@ -1,0 +1,346 @@
+//! Changes to names: create, mkdir, mknod, symlink, link, unlink and rmdir.
+//!
+//! A new object is made directly in the upper directory when no whiteout holds its name;
+//! over a whiteout it is built in the work dir and swapped in with `RENAME_EXCHANGE`, so the
+//! name goes from "deleted" to "new object" in one step. A removed name that a lower layer
+//! also holds gets a whiteout, again in one step where the format allows.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::sync::Arc;
+
+use super::layer::{Layer, Probe};
+use super::node::{ChainDir, Node};
+use super::upper::{self, MarkerFormat};
+use super::{marker, Attr, Caller, Overlay};
+use crate::sys::{file, rename_flags, Dir, Errno, FileKind};
+
+/// What to make at a new name.
+#[derive(Clone, Copy, Debug)]
+pub enum NewObject<'a> {
+    /// A regular file opened with these open(2) flags.
+    File(i32),
+    /// A directory.
+    Dir,
+    /// A fifo, socket or device node: its `S_IFMT` type bits and device number.
+    Node(u32, u64),
+    /// A symlink to this target.
+    Symlink(&'a [u8]),
+}
+
+/// Names a user may not create through the mount: they would read back as markers.
+fn refuse_marker_name(name: &OsStr) -> Result<(), Errno> {
+    match marker::name_role(name) {
+        marker::NameRole::Plain => Ok(()),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl Overlay {
+    /// Creates `what` as `name` in directory `parent` with permission bits `mode` (umask
+    /// already applied), owned by `caller`. Returns its attributes and generation, and for
+    /// a file the open handle.
+    pub fn make(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        what: NewObject<'_>,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(Attr, u64, Option<u64>), Errno> {
+        let up = self.writable()?;
+        self.check_name(name)?;
+        refuse_marker_name(name)?;
+        let dir = self.dir_node(parent)?;
+        if dir.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
+        let updir = self.upper_dir(&dir)?;
+        let _lock = self.dir_locks.lock(dir.id);
+        if self.resolve(&dir, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let parent_st = updir.stat()?;
+        let setgid_dir = parent_st.mode & libc::S_ISGID != 0;
+        let uid = caller.uid;
+        let gid = if setgid_dir {
+            parent_st.gid
+        } else {
+            caller.gid
+        };
+        let mut perm = mode & 0o7777;
+        if setgid_dir && matches!(what, NewObject::Dir) {
+            perm |= libc::S_ISGID;
+        }
+        let over_whiteout = Layer::probe(&updir, false, name)? == Probe::Whiteout;
+        let (build_dir, build_name) = if over_whiteout {
+            (&up.work, up.temp_name())
+        } else {
+            (&*updir, name.to_owned())
+        };
+        let made = build(build_dir, &build_name, what, perm, uid, gid);
+        let file = match made {
+            Ok(f) => f,
+            Err(e) => {
+                if over_whiteout {
+                    let _ = upper::remove_tree(&up.work, &build_name);
+                }
+                return Err(e);
+            }
+        };
+        if over_whiteout {
+            let swapped = (|| {
+                if matches!(what, NewObject::Dir) {
+                    // Whatever the whiteout hid must not merge into the new directory.
+                    up.mark_opaque(&up.work.child_dir(&build_name)?)?;
+                }
+                self.replace_whiteout(&updir, name, &build_name)
+            })();
+            if let Err(e) = swapped {
+                let _ = upper::remove_tree(&up.work, &build_name);
+                return Err(e);
+            }
+        }
+        let st = updir.stat_child(name)?;
+        let id = self.inos.id(st.dev, st.ino);
+        let kind = st.kind().ok_or(Errno::EIO)?;
+        let chain = vec![ChainDir {
+            layer: 0,
+            xwhiteouts: false,
+        }];
+        let node = self.nodes.remember(id, kind, chain, None, &dir, name);
+        let attr = self.attr(&node, &st);
+        let generation = node.generation;
+        let fh = file.map(|f| self.add_handle(node, f));
+        Ok((attr, generation, fh))
+    }
+
+    /// Moves the finished object `tmp` from the work dir to `name` in `updir`, where a
+    /// whiteout is, removing the whiteout.
+    fn replace_whiteout(&self, updir: &Dir, name: &OsStr, tmp: &OsStr) -> Result<(), Errno> {
+        let up = self.writable()?;
+        match updir.stat_child(name) {
+            Ok(st) if marker::is_device_whiteout(&st) => {
+                up.work.rename(tmp, updir, name, rename_flags::EXCHANGE)?;
+                up.work.unlink(tmp)?;
+            }
+            _ => {
+                up.work.rename(tmp, updir, name, rename_flags::NOREPLACE)?;
+            }
+        }
+        // An AUFS whiteout sits beside the name; gone last, so a crash leaves it hidden.
+        up.remove_whiteout(updir, name)
+    }
+
+    /// Makes `newname` in directory `newparent` another name of object `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<(Attr, u64), Errno> {
+        let up = self.writable()?;
+        self.check_name(newname)?;
+        refuse_marker_name(newname)?;
+        let node = self.nodes.get(ino)?;
+        if node.kind == FileKind::Directory {
+            return Err(Errno::EPERM);
+        }
+        let dir = self.dir_node(newparent)?;
+        self.copy_up(&node)?;
+        let updir = self.upper_dir(&dir)?;
+        let _lock = self.dir_locks.lock(dir.id);
+        if self.resolve(&dir, newname)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let (src_dir, src_name) = self.locate(&node)?;
+        if Layer::probe(&updir, false, newname)? == Probe::Whiteout {
+            let tmp = up.temp_name();
+            src_dir.link(&src_name, &up.work, &tmp)?;
+            if let Err(e) = self.replace_whiteout(&updir, newname, &tmp) {
+                let _ = up.work.unlink(&tmp);
+                return Err(e);
+            }
+        } else {
+            src_dir.link(&src_name, &updir, newname)?;
+        }
+        let st = self.stat_node(&node)?;
+        let node = self.nodes.remember(
+            node.id,
+            node.kind,
+            node.chain(),
+            node.index(),
+            &dir,
+            newname,
+        );
+        Ok((self.attr(&node, &st), node.generation))
+    }
+
+    /// Removes the non-directory `name` from directory `parent`.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes the directory `name` from directory `parent`; it must look empty (whiteouts
+    /// left in it do not count).
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, want_dir: bool) -> Result<(), Errno> {
+        let up = self.writable()?;
+        self.check_name(name)?;
+        let dir = self.dir_node(parent)?;
+        let resolved = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
+        let is_dir = resolved.kind == FileKind::Directory;
+        match (want_dir, is_dir) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        let node = self.child_node(&dir, name, resolved.clone())?;
+        if is_dir && !self.list(&node)?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let updir = self.upper_dir(&dir)?;
+        let _lock = self.dir_locks.lock(dir.id);
+        let in_upper = self.is_upper_layer(resolved.chain[0].layer);
+        let whiteout = self.lower_has(&dir, name)?;
+        let last_link = is_dir || {
+            let st = self.stat_node(&node)?;
+            st.nlink <= 1
+        };
+        if !in_upper {
+            up.write_whiteout(&updir, name)?;
+        } else if is_dir {
+            self.remove_upper_dir(&updir, name, whiteout)?;
+        } else if whiteout {
+            match up.format {
+                MarkerFormat::Aufs => {
+                    up.write_whiteout(&updir, name)?;
+                    updir.unlink(name)?;
+                }
+                _ => {
+                    let tmp = up.temp_name();
+                    up.work.mknod(&tmp, libc::S_IFCHR, 0)?;
+                    if let Err(e) = up.work.rename(&tmp, &updir, name, rename_flags::EXCHANGE) {
+                        let _ = up.work.unlink(&tmp);
+                        return Err(e);
+                    }
+                    up.work.unlink(&tmp)?;
+                }
+            }
+        } else {
+            updir.unlink(name)?;
+        }
+        if last_link {
+            node.mark_unlinked();
+        }
+        Ok(())
+    }
+
+    /// Removes the upper directory `name` of `updir` (holding at most markers), leaving a
+    /// whiteout if `whiteout`: the directory leaves the tree in one rename, then is emptied
+    /// in the work dir.
+    pub(super) fn remove_upper_dir(
+        &self,
+        updir: &Dir,
+        name: &OsStr,
+        whiteout: bool,
+    ) -> Result<(), Errno> {
+        let up = self.writable()?;
+        let tmp = up.temp_name();
+        match (whiteout, up.format) {
+            (true, MarkerFormat::Aufs) => {
+                up.write_whiteout(updir, name)?;
+                updir.rename(name, &up.work, &tmp, rename_flags::NOREPLACE)?;
+            }
+            (true, _) => {
+                up.work.mknod(&tmp, libc::S_IFCHR, 0)?;
+                if let Err(e) = up.work.rename(&tmp, updir, name, rename_flags::EXCHANGE) {
+                    let _ = up.work.unlink(&tmp);
+                    return Err(e);
+                }
+            }
+            (false, _) => updir.rename(name, &up.work, &tmp, rename_flags::NOREPLACE)?,
+        }
+        upper::remove_tree(&up.work, &tmp)
+    }
+
+    /// The node the kernel knows `ino` by, for operations that must not see a stale one.
+    pub(super) fn live_node(&self, ino: u64) -> Result<Arc<Node>, Errno> {
+        let node = self.nodes.get(ino)?;
+        if node.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
+        Ok(node)
+    }
+}
+
+/// Makes `what` at `name` in `dir` with `perm`, owned by `uid`/`gid`.
+fn build(
+    dir: &Dir,
+    name: &OsStr,
+    what: NewObject<'_>,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<Option<File>, Errno> {
+    let mut file = None;
+    match what {
+        NewObject::File(flags) => {
+            let access = flags & libc::O_ACCMODE;
+            let f = dir.create_file(
+                name,
+                if access == libc::O_RDONLY {
+                    libc::O_RDWR
+                } else {
+                    access
+                },
+                perm,
+            )?;
+            file = Some(f);
+        }
+        NewObject::Dir => dir.mkdir(name, perm)?,
+        NewObject::Node(kind, rdev) => dir.mknod(name, (kind & libc::S_IFMT) | perm, rdev)?,
+        NewObject::Symlink(target) => dir.symlink(name, target)?,
+    }
+    let st = match &file {
+        Some(f) => file::fstat(f)?,
+        None => dir.stat_child(name)?,
+    };
+    let own = (st.uid != uid).then_some(uid);
+    let grp = (st.gid != gid).then_some(gid);
+    let fail = |e| {
+        match &file {
+            Some(_) | None => {
+                let _ = if matches!(what, NewObject::Dir) {
+                    dir.rmdir(name)
+                } else {
+                    dir.unlink(name)
+                };
+            }
+        }
+        e
+    };
+    if own.is_some() || grp.is_some() {
+        dir.chown_child(name, own, grp).map_err(fail)?;
+        if matches!(what, NewObject::Dir | NewObject::File(_)) && perm & 0o7000 != 0 {
+            // chown cleared setuid/setgid; the creator asked for them.
+            match &file {
+                Some(f) => f
+                    .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
+                    .map_err(io_errno)?,
+                None => dir.chmod_child(name, perm)?,
+            }
+        }
+    }
+    if matches!(what, NewObject::Dir)
+        && perm & 0o7777 != st.mode & 0o7777
+        && own.is_none()
+        && grp.is_none()
+    {
+        // mkdir applies the process umask-free mode, but keep an explicit setgid.
+        dir.chmod_child(name, perm)?;
+    }
+    Ok(file)
+}

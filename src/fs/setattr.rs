@@ -1,0 +1,155 @@
+//! Changes to an object's attributes and xattrs: each copies a lower object up first.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{marker, Attr, Overlay};
+use crate::sys::{Errno, FileKind, SetTime};
+
+/// The attributes a setattr request changes (`None`: leave as is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn system_time(t: SetTime) -> Option<SystemTime> {
+    match t {
+        SetTime::Omit => None,
+        SetTime::Now => Some(SystemTime::now()),
+        SetTime::At(s, n) if s >= 0 => Some(UNIX_EPOCH + Duration::new(s as u64, n as u32)),
+        SetTime::At(s, n) => Some(
+            UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(n as u64),
+        ),
+    }
+}
+
+impl Overlay {
+    /// Changes the attributes of `ino` as `set` says; `fh` is an open file of it, used for
+    /// an unlinked file.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr, Errno> {
+        self.writable()?;
+        let node = self.nodes.get(ino)?;
+        if node.is_unlinked() {
+            return self.setattr_open(ino, fh, set);
+        }
+        if set.size.is_some() && node.kind == FileKind::Directory {
+            return Err(Errno::EISDIR);
+        }
+        self.copy_up_with(&node, set.size == Some(0))?;
+        let atime = set.atime.unwrap_or(SetTime::Omit);
+        let mtime = set.mtime.unwrap_or(SetTime::Omit);
+        let times = set.atime.is_some() || set.mtime.is_some();
+        if node.kind == FileKind::Directory {
+            let dir = self.dir_of(&node)?;
+            if set.uid.is_some() || set.gid.is_some() {
+                dir.chown(set.uid, set.gid)?;
+            }
+            if let Some(mode) = set.mode {
+                dir.chmod(mode)?;
+            }
+            if times {
+                dir.set_times(atime, mtime)?;
+            }
+        } else {
+            let (dir, name) = self.locate(&node)?;
+            if set.uid.is_some() || set.gid.is_some() {
+                dir.chown_child(&name, set.uid, set.gid)?;
+            }
+            if let Some(mode) = set.mode {
+                dir.chmod_child(&name, mode)?;
+            }
+            if let Some(size) = set.size {
+                match fh.and_then(|fh| self.writable_file(fh)) {
+                    Some(f) => f.set_len(size).map_err(io_errno)?,
+                    None => dir
+                        .open_file(&name, libc::O_WRONLY)?
+                        .set_len(size)
+                        .map_err(io_errno)?,
+                }
+            }
+            if times {
+                dir.set_times_child(&name, atime, mtime)?;
+            }
+        }
+        let st = self.stat_node(&node)?;
+        Ok(self.attr(&node, &st))
+    }
+
+    /// setattr of an unlinked file through one of its open descriptors.
+    fn setattr_open(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr, Errno> {
+        let node = self.nodes.get(ino)?;
+        let f = fh
+            .and_then(|fh| self.writable_file(fh))
+            .or_else(|| self.any_handle(ino).and_then(|h| h.writable()))
+            .ok_or(Errno::ENOENT)?;
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::fchown(&*f, set.uid, set.gid).map_err(io_errno)?;
+        }
+        if let Some(mode) = set.mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(io_errno)?;
+        }
+        if let Some(size) = set.size {
+            f.set_len(size).map_err(io_errno)?;
+        }
+        let mut times = std::fs::FileTimes::new();
+        if let Some(t) = set.atime.and_then(system_time) {
+            times = times.set_accessed(t);
+        }
+        if let Some(t) = set.mtime.and_then(system_time) {
+            times = times.set_modified(t);
+        }
+        f.set_times(times).map_err(io_errno)?;
+        let st = crate::sys::file::fstat(&f)?;
+        Ok(self.attr(&node, &st))
+    }
+
+    /// Sets xattr `name` of `ino` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`). The overlay's
+    /// own xattrs cannot be set (`EOPNOTSUPP`, as on the kernel overlay).
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        self.change_xattr(ino, name, Some((value, flags)))
+    }
+
+    /// Removes xattr `name` of `ino`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        self.change_xattr(ino, name, None)
+    }
+
+    fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<(), Errno> {
+        if marker::is_private_xattr(name.as_bytes()) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.writable()?;
+        let node = self.live_node(ino)?;
+        self.copy_up(&node)?;
+        if node.kind == FileKind::Directory {
+            let dir = self.dir_of(&node)?;
+            return match set {
+                Some((value, flags)) => dir.xattr_set(name, value, flags),
+                None => dir.xattr_remove(name),
+            };
+        }
+        let (dir, child) = self.locate(&node)?;
+        match set {
+            Some((value, flags)) => dir.child_xattr_set(&child, name, value, flags),
+            None => dir.child_xattr_remove(&child, name),
+        }
+    }
+}

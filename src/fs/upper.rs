@@ -1,0 +1,297 @@
+//! The writable upper layer's bookkeeping: the work dir where objects are built before they
+//! are renamed into place, the marker format written, origin records, and the hard-link
+//! index.
+//!
+//! Layout of the work dir the user gives: `work/` holds objects under construction (emptied
+//! at every mount: anything there is a leftover of a crash and was never visible) and
+//! `index/` holds one hard link per copied-up lower hard-link group, so every alias of a
+//! lower hard link keeps showing one object after one alias was copied up.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use super::layer::aufs_whiteout_name;
+use super::marker;
+use crate::sys::{Dir, Errno, Stat};
+
+/// Names allowed in a work dir: ours, and the kernel overlay's (so a work dir once used by
+/// the kernel overlay can be reused).
+const WORK_DIR_NAMES: [&str; 4] = ["work", "index", "incompat", "volatile"];
+
+/// How whiteouts and opaque directories are written in the upper layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkerFormat {
+    /// The kernel overlay's: char device 0/0 whiteouts, `trusted.overlay.opaque=y`.
+    Kernel,
+    /// The kernel overlay's `userxattr` form: char device 0/0, `user.overlay.opaque=y`.
+    UserXattr,
+    /// The OCI/AUFS layer form: `.wh.NAME` files and a `.wh..wh..opq` file.
+    Aufs,
+}
+
+impl MarkerFormat {
+    /// The format for `-o markers=VALUE`, `None` for an unknown value.
+    pub fn parse(value: &str) -> Option<Option<MarkerFormat>> {
+        match value {
+            "auto" => Some(None),
+            "kernel" => Some(Some(MarkerFormat::Kernel)),
+            "userxattr" => Some(Some(MarkerFormat::UserXattr)),
+            "aufs" => Some(Some(MarkerFormat::Aufs)),
+            _ => None,
+        }
+    }
+
+    /// The best format this process can write in `work`: the kernel's as root, else device
+    /// whiteouts with user xattrs if unprivileged mknod of 0/0 works, else AUFS files.
+    pub fn detect(work: &Dir, root: bool) -> MarkerFormat {
+        if root {
+            return MarkerFormat::Kernel;
+        }
+        let probe = OsString::from(format!("#probe.{}", std::process::id()));
+        let ok = work.mknod(&probe, libc::S_IFCHR, 0).is_ok();
+        let _ = work.unlink(&probe);
+        if ok {
+            MarkerFormat::UserXattr
+        } else {
+            MarkerFormat::Aufs
+        }
+    }
+
+    /// The xattr that marks a directory opaque, `None` where a marker file is used.
+    pub fn opaque_xattr(self) -> Option<&'static str> {
+        match self {
+            MarkerFormat::Kernel => Some(marker::OPAQUE_XATTRS[0]),
+            MarkerFormat::UserXattr => Some(marker::OPAQUE_XATTRS[1]),
+            MarkerFormat::Aufs => None,
+        }
+    }
+}
+
+/// The upper layer's work area and write settings.
+#[derive(Debug)]
+pub struct Upper {
+    /// `WORKDIR/work`: objects under construction.
+    pub work: Dir,
+    /// `WORKDIR/index`: copied-up lower hard links, by origin.
+    pub index: Dir,
+    /// The marker format written.
+    pub format: MarkerFormat,
+    /// Whether copied-up data is fsynced before it is renamed into place.
+    pub fsync: bool,
+    /// The xattr recording a copied-up object's origin (`trusted.` as root: it can be set on
+    /// every file type; `user.` otherwise).
+    origin_attr: &'static str,
+    /// Origins that could not be recorded on disk (user xattrs on a symlink or device), by
+    /// the upper object's `(dev, ino)`: kept for the mount's life.
+    unrecorded: DashMap<(u64, u64), (u64, u64)>,
+    next_temp: AtomicU64,
+}
+
+impl Upper {
+    /// Opens the work dir `workdir`: refuses foreign content, creates `work/` and `index/`,
+    /// and empties `work/` of a crashed run's leftovers. `format` `None` detects one.
+    pub fn open(
+        workdir: &Path,
+        format: Option<MarkerFormat>,
+        fsync: bool,
+    ) -> Result<Upper, String> {
+        let root = Dir::open_root(workdir).map_err(|e| format!("cannot open it: {e}"))?;
+        let entries = root.entries().map_err(|e| format!("cannot list it: {e}"))?;
+        for e in entries {
+            let name = e.name.to_string_lossy();
+            if name != "." && name != ".." && !WORK_DIR_NAMES.contains(&name.as_ref()) {
+                return Err(format!(
+                    "it holds '{name}', which is not ours: give an empty directory"
+                ));
+            }
+        }
+        let sub = |name: &str| -> Result<Dir, String> {
+            match root.mkdir(OsStr::new(name), 0o700) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(format!("cannot create '{name}' in it: {e}")),
+            }
+            let dir = root
+                .child_dir(OsStr::new(name))
+                .map_err(|e| format!("cannot open '{name}' in it: {e}"))?;
+            // The kernel overlay leaves these with mode 0.
+            dir.chmod(0o700)
+                .map_err(|e| format!("cannot use '{name}' in it: {e}"))?;
+            Ok(dir)
+        };
+        let work = sub("work")?;
+        let index = sub("index")?;
+        remove_contents(&work).map_err(|e| format!("cannot clean its 'work' dir: {e}"))?;
+        let root_user = crate::sys::process::euid() == 0;
+        let format = format.unwrap_or_else(|| MarkerFormat::detect(&work, root_user));
+        Ok(Upper {
+            work,
+            index,
+            format,
+            fsync,
+            origin_attr: marker::ORIGIN_XATTRS[usize::from(!root_user)],
+            unrecorded: DashMap::new(),
+            next_temp: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh name for an object under construction in `work/`.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#{:x}.{n}", std::process::id()))
+    }
+
+    /// Writes a whiteout for `name` in `dir` (which holds nothing by that name).
+    pub fn write_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
+        match self.format {
+            MarkerFormat::Aufs => {
+                dir.create_file(&aufs_whiteout_name(name), libc::O_WRONLY, 0o600)?;
+                Ok(())
+            }
+            _ => dir.mknod(name, libc::S_IFCHR, 0),
+        }
+    }
+
+    /// Removes whatever whiteout of `name` `dir` holds, in any format.
+    pub fn remove_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
+        match dir.stat_child(name) {
+            Ok(st) if marker::is_device_whiteout(&st) => dir.unlink(name)?,
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        match dir.unlink(&aufs_whiteout_name(name)) {
+            Ok(()) | Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks the upper directory `dir` opaque.
+    pub fn mark_opaque(&self, dir: &Dir) -> Result<(), Errno> {
+        match self.format.opaque_xattr() {
+            Some(x) => dir.xattr_set(OsStr::new(x), b"y", 0),
+            None => match dir.create_file(
+                OsStr::from_bytes(marker::OPAQUE_FILE),
+                libc::O_WRONLY,
+                0o600,
+            ) {
+                Ok(_) | Err(Errno::EEXIST) => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Records on the upper object `name` in `dir` (or on `dir` itself) that it came from the
+    /// lower object `origin` (`(dev, ino)`), so it keeps that inode number. Where the xattr
+    /// cannot be set (user xattrs on a symlink, rootless) the record lives in memory: the
+    /// number then holds for this mount only.
+    pub fn set_origin(&self, dir: &Dir, name: Option<&OsStr>, origin: (u64, u64)) {
+        let value = encode_origin(origin.0, origin.1);
+        let attr = OsStr::new(self.origin_attr);
+        let r = match name {
+            Some(n) => dir.child_xattr_set(n, attr, &value, 0),
+            None => dir.xattr_set(attr, &value, 0),
+        };
+        if let Err(e) = r {
+            log::debug!("origin of a copied-up object kept in memory: {e}");
+            let st = match name {
+                Some(n) => dir.stat_child(n),
+                None => dir.stat(),
+            };
+            if let Ok(st) = st {
+                self.unrecorded.insert((st.dev, st.ino), origin);
+            }
+        }
+    }
+
+    /// The origin of the upper object `name` in `dir` (or of `dir`), whose own number is
+    /// `own` (`(dev, ino)`), if it is a copy.
+    pub fn origin(&self, dir: &Dir, name: Option<&OsStr>, own: (u64, u64)) -> Option<(u64, u64)> {
+        if let Some(o) = self.unrecorded.get(&own) {
+            return Some(*o);
+        }
+        let attr = OsStr::new(self.origin_attr);
+        let value = match name {
+            Some(n) => dir.child_xattr_get(n, attr),
+            None => dir.xattr_get(attr),
+        };
+        decode_origin(&value.ok()?)
+    }
+}
+
+/// The index entry name of a lower hard-link group.
+pub fn index_key(st: &Stat) -> OsString {
+    OsString::from_vec(format!("{:x}-{:x}", st.dev, st.ino).into_bytes())
+}
+
+fn encode_origin(dev: u64, ino: u64) -> Vec<u8> {
+    let mut v = dev.to_le_bytes().to_vec();
+    v.extend_from_slice(&ino.to_le_bytes());
+    v
+}
+
+fn decode_origin(value: &[u8]) -> Option<(u64, u64)> {
+    if value.len() != 16 {
+        return None;
+    }
+    let dev = u64::from_le_bytes(value[..8].try_into().ok()?);
+    let ino = u64::from_le_bytes(value[8..].try_into().ok()?);
+    Some((dev, ino))
+}
+
+/// Removes the child `name` of `dir` and everything under it.
+pub fn remove_tree(dir: &Dir, name: &OsStr) -> Result<(), Errno> {
+    match dir.unlink(name) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::EISDIR) => {}
+        Err(e) => return Err(e),
+    }
+    let child = dir.child_dir(name)?;
+    remove_contents(&child)?;
+    match dir.rmdir(name) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes everything inside `dir`.
+pub fn remove_contents(dir: &Dir) -> Result<(), Errno> {
+    for e in dir.entries()? {
+        if e.name == "." || e.name == ".." {
+            continue;
+        }
+        remove_tree(dir, &e.name)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_round_trip_and_reject_garbage() {
+        assert_eq!(decode_origin(&encode_origin(7, 99)), Some((7, 99)));
+        assert_eq!(decode_origin(b"short"), None);
+    }
+
+    #[test]
+    fn work_dirs_with_foreign_files_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("precious"), "x").unwrap();
+        let e = Upper::open(t.path(), Some(MarkerFormat::Aufs), false).unwrap_err();
+        assert!(e.contains("precious"), "{e}");
+    }
+
+    #[test]
+    fn leftovers_in_work_are_removed_at_open() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("work/#1.2/deep")).unwrap();
+        std::fs::write(t.path().join("work/#1.3"), "partial").unwrap();
+        Upper::open(t.path(), Some(MarkerFormat::Aufs), false).unwrap();
+        assert_eq!(std::fs::read_dir(t.path().join("work")).unwrap().count(), 0);
+        assert!(t.path().join("index").is_dir());
+    }
+}
