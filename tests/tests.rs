@@ -5,6 +5,7 @@
 mod util;
 
 mod cli;
+mod random_ops;
 mod safety;
 mod view;
 mod write;

@@ -232,6 +232,7 @@ impl Overlay {
         } else {
             updir.unlink(name)?;
         }
+        node.name_removed(dir.id, name);
         if last_link {
             node.mark_unlinked();
         }

@@ -30,10 +30,53 @@ pub struct ChainDir {
 /// entry; a directory lists every layer merged into it (the merge stops at an opaque one).
 pub type Chain = Vec<ChainDir>;
 
+/// The names an object is known by: the primary one paths are built from, and the other
+/// hard links the kernel has reached it by, which take over when the primary one goes.
 #[derive(Debug)]
 struct Link {
     parent: Option<Arc<Node>>,
     name: OsString,
+    others: Vec<(Arc<Node>, OsString)>,
+}
+
+impl Link {
+    fn new(parent: &Arc<Node>, name: &OsStr) -> Link {
+        Link {
+            parent: Some(parent.clone()),
+            name: name.to_owned(),
+            others: Vec::new(),
+        }
+    }
+
+    fn is(&self, parent: u64, name: &OsStr) -> bool {
+        self.parent.as_ref().map(|p| p.id) == Some(parent) && self.name == name
+    }
+
+    /// Makes `(parent, name)` the primary name, keeping the old one as another link.
+    fn note(&mut self, parent: &Arc<Node>, name: &OsStr) {
+        if self.is(parent.id, name) {
+            return;
+        }
+        self.others
+            .retain(|(p, n)| !(p.id == parent.id && n == name));
+        if let Some(old) = self.parent.replace(parent.clone()) {
+            let old_name = std::mem::replace(&mut self.name, name.to_owned());
+            self.others.push((old, old_name));
+        } else {
+            self.name = name.to_owned();
+        }
+    }
+
+    /// Forgets the name `(parent, name)`; another known link becomes primary if it was.
+    fn drop_name(&mut self, parent: u64, name: &OsStr) {
+        self.others.retain(|(p, n)| !(p.id == parent && n == name));
+        if self.is(parent, name) {
+            if let Some((p, n)) = self.others.pop() {
+                self.parent = Some(p);
+                self.name = n;
+            }
+        }
+    }
 }
 
 /// A merged object the kernel knows by its node id.
@@ -66,6 +109,7 @@ impl Node {
             link: RwLock::new(Link {
                 parent: None,
                 name: OsString::new(),
+                others: Vec::new(),
             }),
             chain: RwLock::new(chain),
             index: RwLock::new(None),
@@ -111,12 +155,17 @@ impl Node {
         *self.chain.write() = chain;
     }
 
-    /// Gives the object a new primary name (after a rename).
-    pub fn set_link(&self, parent: &Arc<Node>, name: &OsStr) {
-        *self.link.write() = Link {
-            parent: Some(parent.clone()),
-            name: name.to_owned(),
-        };
+    /// Records that the object's name `old` (parent id, name) is now `name` in `parent`.
+    pub fn moved(&self, old: (u64, &OsStr), parent: &Arc<Node>, name: &OsStr) {
+        let mut l = self.link.write();
+        l.drop_name(old.0, old.1);
+        l.note(parent, name);
+    }
+
+    /// Records that the object's name `name` in directory `parent` is gone; another known
+    /// hard link becomes the primary name.
+    pub fn name_removed(&self, parent: u64, name: &OsStr) {
+        self.link.write().drop_name(parent, name);
     }
 
     /// The hard-link index entry holding the object's data, if any.
@@ -183,10 +232,7 @@ impl NodeTable {
                 kind,
                 generation,
                 lookups: AtomicU64::new(lookups),
-                link: RwLock::new(Link {
-                    parent: Some(parent.clone()),
-                    name: name.to_owned(),
-                }),
+                link: RwLock::new(Link::new(parent, name)),
                 chain: RwLock::new(chain),
                 index: RwLock::new(index),
                 unlinked: AtomicBool::new(false),
@@ -203,10 +249,7 @@ impl NodeTable {
             let lookups = entry.lookups.load(Ordering::Acquire);
             *entry = node(entry.generation + 1, lookups, chain, index);
         } else if id != ROOT_ID {
-            *entry.link.write() = Link {
-                parent: Some(parent.clone()),
-                name: name.to_owned(),
-            };
+            entry.link.write().note(parent, name);
             *entry.chain.write() = chain;
             *entry.index.write() = index;
         }
@@ -279,6 +322,18 @@ mod tests {
         assert_eq!(table.get(10).unwrap_err(), Errno::ESTALE);
         table.forget(ROOT_ID, 5);
         assert!(table.get(ROOT_ID).is_ok());
+    }
+
+    #[test]
+    fn removing_the_primary_name_falls_back_to_another_known_link() {
+        let table = NodeTable::new(Node::root(chain()));
+        let root = table.root().clone();
+        table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("x"));
+        let n = table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("y"));
+        n.name_removed(ROOT_ID, OsStr::new("y"));
+        assert_eq!(n.path(), PathBuf::from("x"));
+        n.moved((ROOT_ID, OsStr::new("x")), &root, OsStr::new("z"));
+        assert_eq!(n.path(), PathBuf::from("z"));
     }
 
     #[test]

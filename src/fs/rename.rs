@@ -2,17 +2,16 @@
 //!
 //! Files are copied up and renamed in the upper layer; a whiteout is left at the source
 //! when a lower layer still holds the name (atomically with `RENAME_WHITEOUT` where the
-//! format is the kernel's). A directory that merges lower layers is first replaced by a
-//! complete, opaque upper copy built in the work dir (data of lower files copied, upper files
-//! hard-linked), so the kernel's `EXDEV` for such renames never reaches the user.
+//! format is the kernel's). A directory that merges lower layers first has everything in it
+//! copied up and is marked opaque, so the kernel's `EXDEV` for such renames never reaches
+//! the user.
 
 use std::ffi::OsStr;
-use std::path::Path;
 use std::sync::Arc;
 
-use super::copyup::{copy_object, copy_xattrs, restore_times, set_meta};
+use super::copyup::{copy_object, restore_times};
 use super::node::{ChainDir, Node};
-use super::upper::{self, MarkerFormat};
+use super::upper::MarkerFormat;
 use super::{marker, Overlay};
 use crate::sys::{rename_flags, Dir, Errno, FileKind};
 
@@ -85,6 +84,13 @@ impl Overlay {
             }
         }
         let _locks = self.dir_locks.lock_two(sdir.id, ddir.id);
+        // Whether the replaced object loses its last name.
+        let d_last = match &dnode {
+            Some(d) if !exchange => {
+                d.kind == FileKind::Directory || self.stat_node(d).map_or(true, |st| st.nlink <= 1)
+            }
+            _ => false,
+        };
         let d_merged = !self.lower_chain(&ddir.chain()).is_empty();
         let s_merged = !self.lower_chain(&sdir.chain()).is_empty();
         if s_is_dir && d_merged {
@@ -103,18 +109,18 @@ impl Overlay {
             let src_whiteout = self.lower_has(&sdir, name)?;
             self.move_over(&s_up, name, &d_up, newname, src_whiteout)?;
         }
-        snode.set_link(&ddir, newname);
+        snode.moved((sdir.id, name), &ddir, newname);
         snode.set_chain(upper_only());
         self.invalidate(snode.id);
         match (dnode, exchange) {
             (Some(d), true) => {
-                d.set_link(&sdir, name);
+                d.moved((ddir.id, newname), &sdir, name);
                 d.set_chain(upper_only());
                 self.invalidate(d.id);
             }
             (Some(d), false) => {
-                let gone = d.kind == FileKind::Directory || self.stat_node(&d).is_err();
-                if gone {
+                d.name_removed(ddir.id, newname);
+                if d_last {
                     d.mark_unlinked();
                 }
             }
@@ -176,109 +182,127 @@ impl Overlay {
     }
 
     /// Makes `node` wholly upper: a non-directory is copied up; a directory merging lower
-    /// layers is replaced by a complete opaque copy.
+    /// layers gets every lower object inside it copied up, then is marked opaque. Lower
+    /// files are first copied into the work dir, flushed with one syncfs, then renamed into
+    /// place one by one: each rename changes nothing in the merged view, so a crash at any
+    /// point leaves the tree as it was.
     fn bring_up_whole(&self, node: &Arc<Node>) -> Result<(), Errno> {
         if node.kind != FileKind::Directory {
             return self.copy_up(node);
         }
-        let chain = node.chain();
-        if chain.len() == 1 && self.is_upper_layer(chain[0].layer) {
+        if self.pure_upper(&node.chain()) {
             return Ok(());
         }
         let up = self.writable()?;
-        let (parent, name) = node.parent_and_name();
-        let updir = self.upper_dir(&parent)?;
-        let path = node.path();
-        let top = &self.layers[chain[0].layer];
-        let top_dir = top.dir(&path)?;
-        let top_st = top_dir.stat()?;
-        let origin = if self.is_upper_layer(chain[0].layer) {
-            up.origin(&top_dir, None, (top_st.dev, top_st.ino))
-        } else {
-            Some((top_st.dev, top_st.ino))
-        };
-        let tmp = up.temp_name();
-        let built = (|| {
-            up.work.mkdir(&tmp, 0o700)?;
-            let d = up.work.child_dir(&tmp)?;
-            self.clone_tree(&path, &chain, &d)?;
-            copy_xattrs(&top_dir, None, &d, None)?;
-            if let Some(o) = origin {
-                up.set_origin(&d, None, o);
-            }
-            up.mark_opaque(&d)?;
-            set_meta(&d, None, &top_st)?;
-            if up.fsync {
-                up.work.syncfs()?;
-            }
-            Ok(())
-        })();
-        let swapped = built.and_then(|()| {
-            let _lock = self.dir_locks.lock(parent.id);
-            let times = updir.stat()?;
-            if self.is_upper_layer(chain[0].layer) {
-                up.work
-                    .rename(&tmp, &updir, &name, rename_flags::EXCHANGE)?;
-            } else {
-                up.work
-                    .rename(&tmp, &updir, &name, rename_flags::NOREPLACE)?;
-            }
-            restore_times(&updir, &times);
-            Ok(())
-        });
-        let _ = upper::remove_tree(&up.work, &tmp);
-        swapped?;
-        node.set_chain(upper_only());
-        self.invalidate(node.id);
-        Ok(())
-    }
-
-    /// Fills the empty directory `dst` with a copy of the merged directory at `path` made of
-    /// `chain`: subdirectories recreated, upper non-directories hard-linked (same object),
-    /// lower ones copied. Live nodes of the copied objects are pointed at the upper layer.
-    fn clone_tree(&self, path: &Path, chain: &[ChainDir], dst: &Dir) -> Result<(), Errno> {
-        let up = self.writable()?;
-        for entry in self.list_at(path, chain)? {
-            let name = entry.name.as_os_str();
-            let Some(r) = super::resolve::resolve_child(&self.layers, path, chain, name)? else {
-                continue;
-            };
-            let top = r.chain[0].layer;
-            let src_dir = self.layers[top].dir(path)?;
-            let (id, _, _) = self.identify(path, name, &r)?;
-            let mut index = None;
-            if r.kind == FileKind::Directory {
-                dst.mkdir(name, 0o700)?;
-                let sub = dst.child_dir(name)?;
-                self.clone_tree(&path.join(name), &r.chain, &sub)?;
-                let src_sub = src_dir.child_dir(name)?;
-                copy_xattrs(&src_sub, None, &sub, None)?;
-                let origin = if self.is_upper_layer(top) {
-                    up.origin(&src_sub, None, (r.top.dev, r.top.ino))
-                } else {
-                    Some((r.top.dev, r.top.ino))
-                };
-                if let Some(o) = origin {
-                    up.set_origin(&sub, None, o);
+        let mut staged = Vec::new();
+        let mut dirs = Vec::new();
+        let result = self
+            .stage_tree(node, &mut staged, &mut dirs)
+            .and_then(|()| {
+                if up.fsync && !staged.is_empty() {
+                    up.work.syncfs()?;
                 }
-                set_meta(&sub, None, &r.top)?;
-            } else if self.is_upper_layer(top) {
-                src_dir.link(name, dst, name)?;
-            } else if r.top.nlink > 1 {
-                let key = self.ensure_index(up, &src_dir, name, &r.top, false)?;
-                up.index.link(&key, dst, name)?;
-                index = Some(key);
-            } else {
-                copy_object(up, &src_dir, name, &r.top, dst, name, false, false)?;
-            }
-            if let Ok(node) = self.nodes.get(id) {
-                node.set_chain(upper_only());
-                if index.is_some() {
-                    node.set_index(index);
+                Ok(())
+            })
+            .and_then(|()| {
+                for s in staged.drain(..) {
+                    self.place_staged(up, s)?;
                 }
-                self.invalidate(id);
-            }
+                Ok(())
+            });
+        for s in staged {
+            let _ = up.work.unlink(&s.tmp);
+        }
+        result?;
+        up.mark_opaque(&*self.upper_dir(node)?)?;
+        // Under an opaque top nothing below merges any more: every directory is upper only.
+        for d in dirs {
+            d.set_chain(upper_only());
+            self.invalidate(d.id);
         }
         Ok(())
     }
+
+    fn pure_upper(&self, chain: &[ChainDir]) -> bool {
+        chain.len() == 1 && self.is_upper_layer(chain[0].layer)
+    }
+
+    /// Copies up the directories of the merged tree under `dir` and stages a copy of each of
+    /// its lower non-directories in the work dir.
+    fn stage_tree(
+        &self,
+        dir: &Arc<Node>,
+        staged: &mut Vec<Staged>,
+        dirs: &mut Vec<Arc<Node>>,
+    ) -> Result<(), Errno> {
+        let up = self.writable()?;
+        self.copy_up(dir)?;
+        dirs.push(dir.clone());
+        let path = dir.path();
+        for entry in self.list(dir)? {
+            let name = entry.name.as_os_str();
+            let Some(r) = self.resolve(dir, name)? else {
+                continue;
+            };
+            if r.kind == FileKind::Directory {
+                if !self.pure_upper(&r.chain) {
+                    let child = self.child_node(dir, name, r)?;
+                    self.stage_tree(&child, staged, dirs)?;
+                }
+                continue;
+            }
+            let top = r.chain[0].layer;
+            if self.is_upper_layer(top) {
+                continue;
+            }
+            let src_dir = self.layers[top].dir(&path)?;
+            let (id, _, _) = self.identify(&path, name, &r)?;
+            let tmp = up.temp_name();
+            let index = if r.top.nlink > 1 {
+                let key = self.ensure_index(up, &src_dir, name, &r.top, false)?;
+                up.index.link(&key, &up.work, &tmp)?;
+                Some(key)
+            } else {
+                copy_object(up, &src_dir, name, &r.top, &up.work, &tmp, false, false)?;
+                None
+            };
+            staged.push(Staged {
+                tmp,
+                dir: dir.clone(),
+                name: name.to_owned(),
+                id,
+                index,
+            });
+        }
+        Ok(())
+    }
+
+    /// Renames one staged copy into its upper directory and points its live node at it.
+    fn place_staged(&self, up: &super::Upper, s: Staged) -> Result<(), Errno> {
+        let updir = self.layers[0].dir(&s.dir.path())?;
+        {
+            let _lock = self.dir_locks.lock(s.dir.id);
+            let times = updir.stat()?;
+            up.work
+                .rename(&s.tmp, &updir, &s.name, rename_flags::NOREPLACE)?;
+            restore_times(&updir, &times);
+        }
+        if let Ok(node) = self.nodes.get(s.id) {
+            node.set_chain(upper_only());
+            if s.index.is_some() {
+                node.set_index(s.index);
+            }
+            self.invalidate(s.id);
+        }
+        Ok(())
+    }
+}
+
+/// A lower object copied into the work dir, waiting to be renamed into the upper layer.
+struct Staged {
+    tmp: std::ffi::OsString,
+    dir: Arc<Node>,
+    name: std::ffi::OsString,
+    id: u64,
+    index: Option<std::ffi::OsString>,
 }

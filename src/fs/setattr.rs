@@ -138,6 +138,11 @@ impl Overlay {
         }
         self.writable()?;
         let node = self.live_node(ino)?;
+        if set.is_none() && !self.on_upper(&node) {
+            // Removing an xattr the lower object lacks fails without a copy-up, as on the
+            // kernel overlay.
+            self.getxattr(ino, name)?;
+        }
         self.copy_up(&node)?;
         if node.kind == FileKind::Directory {
             let dir = self.dir_of(&node)?;

@@ -172,14 +172,17 @@ impl Upper {
     pub fn mark_opaque(&self, dir: &Dir) -> Result<(), Errno> {
         match self.format.opaque_xattr() {
             Some(x) => dir.xattr_set(OsStr::new(x), b"y", 0),
-            None => match dir.create_file(
-                OsStr::from_bytes(marker::OPAQUE_FILE),
-                libc::O_WRONLY,
-                0o600,
-            ) {
-                Ok(_) | Err(Errno::EEXIST) => Ok(()),
-                Err(e) => Err(e),
-            },
+            None => {
+                // The marker file is bookkeeping, not a change of the directory's times.
+                let st = dir.stat()?;
+                let file = OsStr::from_bytes(marker::OPAQUE_FILE);
+                match dir.create_file(file, libc::O_WRONLY, 0o600) {
+                    Ok(_) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                super::copyup::restore_times(dir, &st);
+                Ok(())
+            }
         }
     }
 
