@@ -5,7 +5,9 @@
 mod util;
 
 mod cli;
+mod crash;
 mod random_ops;
 mod safety;
+mod stress;
 mod view;
 mod write;
