@@ -1,6 +1,8 @@
 //! `overlayfuse demo`: builds three small image layers (a base, an init layer with
 //! `/etc/hosts`, a container layer with a whiteout and an opaque directory), mounts them with
-//! this binary, prints the merged view with the layer each entry comes from, and unmounts.
+//! this binary under an empty writable upper layer, prints the merged view with the layer
+//! each entry comes from, changes it (append, delete, re-create, rename a directory), shows
+//! what landed in the upper layer, and unmounts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -142,8 +144,16 @@ fn show(root: &Path) -> Result<(), Error> {
         .map(|l| l.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
+    let (upper, work) = (root.join("upper"), root.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(io("create", d))?;
+    }
     let status = Command::new(&exe)
         .args(["mount", "--lower", &lower])
+        .arg("--upper")
+        .arg(&upper)
+        .arg("--work")
+        .arg(&work)
         .arg(&merged)
         .status()
         .map_err(|e| Error::runtime(format!("demo: cannot run {}: {e}", exe.display())))?;
@@ -153,8 +163,12 @@ fn show(root: &Path) -> Result<(), Error> {
         ));
     }
     let listing = walk(&merged);
+    let changed = listing.is_ok().then(|| change(&merged));
+    let upper_tree = walk(&upper);
     let unmounted = crate::daemon::umount(&merged);
     let listing = listing?;
+    changed.unwrap_or(Ok(()))?;
+    let upper_tree = upper_tree?;
     unmounted?;
 
     println!(
@@ -178,6 +192,55 @@ fn show(root: &Path) -> Result<(), Error> {
     println!("\nhidden by a whiteout or an opaque directory above them:");
     for path in hidden {
         println!("  {}", path.display());
+    }
+    println!("\nchanged through the mount:");
+    for (what, _) in CHANGES {
+        println!("  {what}");
+    }
+    println!("\nwhat landed in the upper layer (the lower layers are untouched):");
+    for (rel, meta) in &upper_tree {
+        let kind = match meta.mode() & libc::S_IFMT {
+            libc::S_IFDIR => "dir     ".to_string(),
+            libc::S_IFCHR if meta.rdev() == 0 => "whiteout".to_string(),
+            _ if is_marker(rel) => "marker  ".to_string(),
+            _ => format!("{:<8}", format!("{} B", meta.len())),
+        };
+        println!("  {kind} {}", rel.display());
+    }
+    Ok(())
+}
+
+/// The changes the demo makes through the mount, described.
+const CHANGES: [(&str, fn(&Path) -> std::io::Result<()>); 4] = [
+    (
+        "appended a user to etc/passwd (copy-up of a base file)",
+        |m| {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(m.join("etc/passwd"))?
+                .write_all(b"demo:x:1000:1000::/home/demo:/bin/sh\n")
+        },
+    ),
+    ("deleted usr/share/doc (whiteout)", |m| {
+        std::fs::remove_dir_all(m.join("usr/share/doc"))
+    }),
+    (
+        "re-created usr/share/doc with one new file (opaque directory)",
+        |m| {
+            std::fs::create_dir(m.join("usr/share/doc"))?;
+            std::fs::write(m.join("usr/share/doc/NEW"), "written after the delete\n")
+        },
+    ),
+    (
+        "renamed the merged directory etc to etc.old (the kernel overlay says EXDEV)",
+        |m| std::fs::rename(m.join("etc"), m.join("etc.old")),
+    ),
+];
+
+fn change(merged: &Path) -> Result<(), Error> {
+    for (what, f) in CHANGES {
+        f(merged).map_err(|e| Error::runtime(format!("demo: {what}: {e}")))?;
     }
     Ok(())
 }

@@ -656,3 +656,54 @@ fn o_excl_and_other_create_errors_match_the_kernel() {
     pair.both("read truncated", |m| read(&m.join("etc/hosts")));
     pair.assert_same_tree();
 }
+
+#[test]
+fn flock_and_posix_locks_work_between_processes() {
+    let pair = Pair::writable(&lowers(), "");
+    for m in [pair.o(""), pair.k("")] {
+        let f = m.join("etc/passwd");
+        let script = format!(
+            "exec 8<>{0}; flock -n 8 || exit 3; (flock -n 9 && exit 4; exit 0) 9<>{0}",
+            f.display()
+        );
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), Some(0), "{}", m.display());
+        let held = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&f)
+            .unwrap();
+        let lock = libc::flock {
+            l_type: libc::F_WRLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: test helper; a valid fd and flock struct.
+        assert_eq!(
+            unsafe { libc::fcntl(held.as_raw_fd(), libc::F_SETLK, &lock) },
+            0
+        );
+        let probe = format!(
+            "python3 -c \"import fcntl,os,sys\nfd=os.open('{0}',os.O_RDWR)\ntry:\n fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB); sys.exit(1)\nexcept OSError: sys.exit(0)\"",
+            f.display()
+        );
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&probe)
+            .status()
+            .unwrap();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "a second process got a held POSIX lock: {}",
+            m.display()
+        );
+    }
+}
