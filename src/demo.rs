@@ -210,8 +210,11 @@ fn show(root: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// One change the demo makes through the mount.
+type Change = fn(&Path) -> std::io::Result<()>;
+
 /// The changes the demo makes through the mount, described.
-const CHANGES: [(&str, fn(&Path) -> std::io::Result<()>); 4] = [
+const CHANGES: [(&str, Change); 4] = [
     (
         "appended a user to etc/passwd (copy-up of a base file)",
         |m| {
