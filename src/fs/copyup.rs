@@ -7,6 +7,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use super::node::ChainDir;
 use super::upper::{self, Upper};
 use super::{marker, Overlay};
@@ -29,13 +31,30 @@ impl Overlay {
         node: &Arc<super::Node>,
         truncate: bool,
     ) -> Result<(), Errno> {
-        let up = self.writable()?;
+        self.writable()?;
         if self.on_upper(node) {
             return Ok(());
         }
         let (parent, _) = node.parent_and_name();
         self.copy_up(&parent)?;
-        let _once = self.copy_locks.lock(node.id);
+        let lock = self
+            .copying
+            .entry(node.id)
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone();
+        let result = {
+            let _once = lock.lock();
+            self.copy_up_locked(node, truncate)
+        };
+        drop(lock);
+        // Entries are cloned under the map's shard lock, so a count of one here is exact.
+        self.copying
+            .remove_if(&node.id, |_, l| Arc::strong_count(l) == 1);
+        result
+    }
+
+    fn copy_up_locked(&self, node: &Arc<super::Node>, truncate: bool) -> Result<(), Errno> {
+        let up = self.writable()?;
         if self.on_upper(node) {
             return Ok(());
         }

@@ -88,8 +88,9 @@ pub struct Overlay {
     dirs: DashMap<u64, Arc<DirHandle>>,
     next_handle: AtomicU64,
     name_max: usize,
-    /// Serializes copy-ups of one object.
-    copy_locks: Stripes,
+    /// One lock per object being copied up: concurrent copy-ups of one object happen once,
+    /// and a long copy-up holds up nothing else.
+    copying: DashMap<u64, Arc<Mutex<()>>>,
     /// Serializes changes of the upper directory of one merged directory.
     dir_locks: Stripes,
     /// Tells the kernel to drop its cached attributes of a node changed behind its back.
@@ -137,7 +138,7 @@ impl Overlay {
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             name_max,
-            copy_locks: Stripes::new(),
+            copying: DashMap::new(),
             dir_locks: Stripes::new(),
             invalidator: OnceLock::new(),
         })
