@@ -465,6 +465,15 @@ fn hard_links_never_show_diverging_data_after_copy_up() {
         fs::metadata(m.join("etc/alias")).unwrap().mode() & 0o777,
         0o640
     );
+    // Removing or renaming one alias leaves the others working.
+    fs::hard_link(m.join("etc/passwd"), m.join("etc/third")).unwrap();
+    fs::rename(m.join("etc/third"), m.join("etc/fourth")).unwrap();
+    fs::remove_file(m.join("etc/fourth")).unwrap();
+    assert_eq!(
+        fs::read(m.join("etc/alias")).unwrap(),
+        b"root:x:0:0\nappended\n"
+    );
+    assert_eq!(fs::metadata(m.join("etc/passwd")).unwrap().ino(), ino);
     let mut pair = pair;
     pair.remount_ours(1, "");
     for name in ["etc/passwd", "etc/alias"] {
@@ -706,4 +715,52 @@ fn flock_and_posix_locks_work_between_processes() {
             m.display()
         );
     }
+}
+
+#[test]
+fn whiteout_devices_cannot_be_made_and_renames_replace_emptied_dirs() {
+    let pair = Pair::writable(&lowers(), "");
+    pair.both("mknod 0/0", |m| {
+        let c = std::ffi::CString::new(m.join("wh").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: test helper; NUL-terminated path.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno(std::io::Error::last_os_error()))
+        }
+    });
+    for f in ["a", "b", "c"] {
+        pair.both("empty doc", |m| {
+            fs::remove_file(m.join("usr/share/doc").join(f)).map_err(errno)
+        });
+    }
+    pair.both("new dir", |m| {
+        fs::create_dir(m.join("fresh")).map_err(errno)?;
+        write_file(&m.join("fresh/inside"), b"i")
+    });
+    pair.both("rename over emptied merged dir", |m| {
+        fs::rename(m.join("fresh"), m.join("usr/share/doc")).map_err(errno)
+    });
+    pair.both("list", |m| names(&m.join("usr/share/doc")));
+    pair.assert_same_tree();
+}
+
+#[test]
+fn removing_or_renaming_a_lower_alias_after_its_group_was_copied_up() {
+    let lower = base().hardlink("etc/alias", "etc/passwd");
+    let pair = Pair::writable(&[lower], "");
+    let m = pair.o("");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("etc/passwd"))
+        .unwrap()
+        .write_all(b"x\n")
+        .unwrap();
+    fs::rename(m.join("etc/alias"), m.join("etc/moved")).unwrap();
+    assert_eq!(fs::read(m.join("etc/moved")).unwrap(), b"root:x:0:0\nx\n");
+    fs::remove_file(m.join("etc/moved")).unwrap();
+    assert_eq!(fs::read(m.join("etc/passwd")).unwrap(), b"root:x:0:0\nx\n");
+    fs::set_permissions(m.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(util::lstat(&m.join("etc/alias")).unwrap_err(), libc::ENOENT);
 }

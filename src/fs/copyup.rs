@@ -32,30 +32,33 @@ impl Overlay {
         truncate: bool,
     ) -> Result<(), Errno> {
         self.writable()?;
-        if self.on_upper(node) {
+        if self.name_on_upper(node) {
             return Ok(());
         }
         let (parent, _) = node.parent_and_name();
         self.copy_up(&parent)?;
+        let _once = self.copy_guard(node.id);
+        self.copy_up_locked(node, truncate)
+    }
+
+    /// Holds the copy-up lock of object `id` until dropped: copy-ups of it, and removals of
+    /// its name, wait for each other.
+    pub(super) fn copy_guard(&self, id: u64) -> CopyGuard<'_> {
         let lock = self
             .copying
-            .entry(node.id)
+            .entry(id)
             .or_insert_with(|| Arc::new(Mutex::new(())))
             .clone();
-        let result = {
-            let _once = lock.lock();
-            self.copy_up_locked(node, truncate)
-        };
-        drop(lock);
-        // Entries are cloned under the map's shard lock, so a count of one here is exact.
-        self.copying
-            .remove_if(&node.id, |_, l| Arc::strong_count(l) == 1);
-        result
+        CopyGuard {
+            overlay: self,
+            id,
+            guard: Some(lock.lock_arc()),
+        }
     }
 
     fn copy_up_locked(&self, node: &Arc<super::Node>, truncate: bool) -> Result<(), Errno> {
         let up = self.writable()?;
-        if self.on_upper(node) {
+        if self.name_on_upper(node) {
             return Ok(());
         }
         if node.is_unlinked() {
@@ -161,6 +164,23 @@ impl Overlay {
             let _ = upper::remove_tree(&up.work, tmp);
         }
         done
+    }
+}
+
+/// The copy-up lock of one object, held; the map entry goes when nobody else wants it.
+pub(super) struct CopyGuard<'a> {
+    overlay: &'a Overlay,
+    id: u64,
+    guard: Option<parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>>,
+}
+
+impl Drop for CopyGuard<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        // Entries are cloned under the map's shard lock, so a count of one here is exact.
+        self.overlay
+            .copying
+            .remove_if(&self.id, |_, l| Arc::strong_count(l) == 1);
     }
 }
 

@@ -63,17 +63,21 @@ impl Overlay {
             self.writable()?;
             self.copy_up_with(&node, flags & libc::O_TRUNC != 0)?;
         }
+        // Read before locating: a copy-up finishing in between leaves the handle marked
+        // lower, and its next read moves it up (objects never move back down).
+        let on_upper = self.on_upper(&node);
         let (dir, name) = self.locate(&node)?;
         let f = dir.open_file(&name, layer_flags(flags))?;
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             f.set_len(0).map_err(io_errno)?;
         }
         drop(dir);
-        Ok(self.add_handle(node, f))
+        Ok(self.add_handle(node, f, on_upper))
     }
 
-    pub(super) fn add_handle(&self, node: Arc<Node>, f: File) -> u64 {
-        let on_upper = self.on_upper(&node);
+    /// Registers `f`, an open descriptor of `node`; `on_upper` says it is on the upper
+    /// filesystem (writes through it are allowed).
+    pub(super) fn add_handle(&self, node: Arc<Node>, f: File, on_upper: bool) -> u64 {
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

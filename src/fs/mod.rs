@@ -95,6 +95,8 @@ pub struct Overlay {
     dir_locks: Stripes,
     /// Tells the kernel to drop its cached attributes of a node changed behind its back.
     invalidator: OnceLock<Invalidator>,
+    /// The daemon's effective uid and gid: the owner of what it creates.
+    creds: (u32, u32),
 }
 
 /// A callback dropping the kernel's cached attributes of a node id.
@@ -129,11 +131,12 @@ impl Overlay {
             name_max = name_max.saturating_sub(marker::WHITEOUT_PREFIX.len());
         }
         let inos = Inos::new(layers.iter().map(|l| l.dev));
+        let writable = upper.is_some();
         Ok(Overlay {
             layers,
             upper,
             inos,
-            nodes: NodeTable::new(Node::root(chain)),
+            nodes: NodeTable::new(Node::root(chain), writable),
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
@@ -141,6 +144,7 @@ impl Overlay {
             copying: DashMap::new(),
             dir_locks: Stripes::new(),
             invalidator: OnceLock::new(),
+            creds: (crate::sys::process::euid(), crate::sys::process::egid()),
         })
     }
 
@@ -181,9 +185,16 @@ impl Overlay {
         self.upper.is_some() && layer == 0
     }
 
-    /// True when the object's data and attributes already live in the upper filesystem.
+    /// True when the object's data and attributes already live in the upper filesystem
+    /// (its primary name there, or the hard-link index).
     fn on_upper(&self, node: &Node) -> bool {
         self.upper.is_some() && (node.top_layer() == 0 || node.index().is_some())
+    }
+
+    /// True when the object's primary name exists in the upper layer (a lower hard link
+    /// whose data is in the index still needs its name linked there).
+    fn name_on_upper(&self, node: &Node) -> bool {
+        self.upper.is_some() && node.top_layer() == 0
     }
 
     fn check_name(&self, name: &OsStr) -> Result<(), Errno> {

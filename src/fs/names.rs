@@ -55,6 +55,12 @@ impl Overlay {
         let up = self.writable()?;
         self.check_name(name)?;
         refuse_marker_name(name)?;
+        if let NewObject::Node(kind, 0) = what {
+            if kind & libc::S_IFMT == libc::S_IFCHR {
+                // A 0/0 character device is a whiteout: not creatable (the kernel's EPERM).
+                return Err(Errno::EPERM);
+            }
+        }
         let dir = self.dir_node(parent)?;
         if dir.is_unlinked() {
             return Err(Errno::ENOENT);
@@ -77,7 +83,17 @@ impl Overlay {
             perm |= libc::S_ISGID;
         }
         let over_whiteout = Layer::probe(&updir, false, name)? == Probe::Whiteout;
-        let (build_dir, build_name) = if over_whiteout {
+        // An object the daemon would create with another owner than the caller's is built
+        // in the work dir and renamed in once it is owned right: a crash never leaves it
+        // visible with the daemon's ids (and a setuid bit).
+        let default_gid = if setgid_dir {
+            parent_st.gid
+        } else {
+            self.creds.1
+        };
+        let foreign = uid != self.creds.0 || gid != default_gid;
+        let in_work = over_whiteout || foreign;
+        let (build_dir, build_name) = if in_work {
             (&up.work, up.temp_name())
         } else {
             (&*updir, name.to_owned())
@@ -86,12 +102,19 @@ impl Overlay {
         let file = match made {
             Ok(f) => f,
             Err(e) => {
-                if over_whiteout {
-                    let _ = upper::remove_tree(&up.work, &build_name);
-                }
+                let _ = upper::remove_tree(build_dir, &build_name);
                 return Err(e);
             }
         };
+        if in_work && !over_whiteout {
+            if let Err(e) = up
+                .work
+                .rename(&build_name, &updir, name, rename_flags::NOREPLACE)
+            {
+                let _ = upper::remove_tree(&up.work, &build_name);
+                return Err(e);
+            }
+        }
         if over_whiteout {
             let swapped = (|| {
                 if matches!(what, NewObject::Dir) {
@@ -115,7 +138,7 @@ impl Overlay {
         let node = self.nodes.remember(id, kind, chain, None, &dir, name);
         let attr = self.attr(&node, &st);
         let generation = node.generation;
-        let fh = file.map(|f| self.add_handle(node, f));
+        let fh = file.map(|f| self.add_handle(node, f, true));
         Ok((attr, generation, fh))
     }
 
@@ -190,6 +213,13 @@ impl Overlay {
         let up = self.writable()?;
         self.check_name(name)?;
         let dir = self.dir_node(parent)?;
+        let first = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
+        let updir = self.upper_dir(&dir)?;
+        let node = self.child_node(&dir, name, first)?;
+        // No copy-up of the object may publish while its name goes, and the state acted on
+        // is read under the directory lock.
+        let _copy = self.copy_guard(node.id);
+        let _lock = self.dir_locks.lock(dir.id);
         let resolved = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
         let is_dir = resolved.kind == FileKind::Directory;
         match (want_dir, is_dir) {
@@ -197,18 +227,18 @@ impl Overlay {
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        let node = self.child_node(&dir, name, resolved.clone())?;
-        if is_dir && !self.list(&node)?.is_empty() {
+        if is_dir
+            && !self
+                .list_at(&dir.path().join(name), &resolved.chain)?
+                .is_empty()
+        {
             return Err(Errno::ENOTEMPTY);
         }
-        let updir = self.upper_dir(&dir)?;
-        let _lock = self.dir_locks.lock(dir.id);
         let in_upper = self.is_upper_layer(resolved.chain[0].layer);
         let whiteout = self.lower_has(&dir, name)?;
-        let last_link = is_dir || {
-            let st = self.stat_node(&node)?;
-            st.nlink <= 1
-        };
+        // The object loses its last name only if nothing else links to it (an upper copy of
+        // a lower hard link counts its index entry: never marked gone too early).
+        let last_link = is_dir || resolved.top.nlink <= 1;
         if !in_upper {
             up.write_whiteout(&updir, name)?;
         } else if is_dir {
@@ -277,7 +307,8 @@ impl Overlay {
     }
 }
 
-/// Makes `what` at `name` in `dir` with `perm`, owned by `uid`/`gid`.
+/// Makes `what` at `name` in `dir` with `perm`, owned by `uid`/`gid`. On error the caller
+/// removes whatever was made.
 fn build(
     dir: &Dir,
     name: &OsStr,
@@ -311,37 +342,19 @@ fn build(
     };
     let own = (st.uid != uid).then_some(uid);
     let grp = (st.gid != gid).then_some(gid);
-    let fail = |e| {
-        match &file {
-            Some(_) | None => {
-                let _ = if matches!(what, NewObject::Dir) {
-                    dir.rmdir(name)
-                } else {
-                    dir.unlink(name)
-                };
-            }
-        }
-        e
-    };
     if own.is_some() || grp.is_some() {
-        dir.chown_child(name, own, grp).map_err(fail)?;
-        if matches!(what, NewObject::Dir | NewObject::File(_)) && perm & 0o7000 != 0 {
-            // chown cleared setuid/setgid; the creator asked for them.
-            match &file {
-                Some(f) => f
-                    .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
-                    .map_err(io_errno)?,
-                None => dir.chmod_child(name, perm)?,
-            }
-        }
+        dir.chown_child(name, own, grp)?;
     }
-    if matches!(what, NewObject::Dir)
-        && perm & 0o7777 != st.mode & 0o7777
-        && own.is_none()
-        && grp.is_none()
-    {
-        // mkdir applies the process umask-free mode, but keep an explicit setgid.
-        dir.chmod_child(name, perm)?;
+    let chowned = own.is_some() || grp.is_some();
+    let lost = st.mode & 0o7777 != perm || (chowned && perm & 0o6000 != 0);
+    if !matches!(what, NewObject::Symlink(_)) && lost {
+        // A chown clears setuid/setgid and mkdir drops setgid: the creator asked for them.
+        match &file {
+            Some(f) => f
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
+                .map_err(io_errno)?,
+            None => dir.chmod_child(name, perm)?,
+        }
     }
     Ok(file)
 }

@@ -194,15 +194,17 @@ impl Node {
 pub struct NodeTable {
     nodes: DashMap<u64, Arc<Node>>,
     root: Arc<Node>,
+    /// Layer 0 is a writable upper layer.
+    upper: bool,
 }
 
 impl NodeTable {
-    /// A table holding only `root`.
-    pub fn new(root: Node) -> NodeTable {
+    /// A table holding only `root`; `upper` says layer 0 is a writable upper layer.
+    pub fn new(root: Node, upper: bool) -> NodeTable {
         let root = Arc::new(root);
         let nodes = DashMap::new();
         nodes.insert(ROOT_ID, root.clone());
-        NodeTable { nodes, root }
+        NodeTable { nodes, root, upper }
     }
 
     /// The root node.
@@ -249,9 +251,18 @@ impl NodeTable {
             let lookups = entry.lookups.load(Ordering::Acquire);
             *entry = node(entry.generation + 1, lookups, chain, index);
         } else if id != ROOT_ID {
+            // Objects only move up: a resolution that found this very name below the upper
+            // layer while a copy-up raced it is stale, and must not undo the copy-up.
+            let same_name = entry.link.read().is(parent.id, name);
+            let stale = same_name
+                && self.upper
+                && entry.top_layer() == 0
+                && chain.first().map(|c| c.layer) != Some(0);
             entry.link.write().note(parent, name);
-            *entry.chain.write() = chain;
-            *entry.index.write() = index;
+            if !stale {
+                *entry.chain.write() = chain;
+                *entry.index.write() = index;
+            }
         }
         entry.lookups.fetch_add(1, Ordering::AcqRel);
         entry.clone()
@@ -294,7 +305,7 @@ mod tests {
 
     #[test]
     fn paths_are_built_from_parent_names() {
-        let table = NodeTable::new(Node::root(chain()));
+        let table = NodeTable::new(Node::root(chain()), false);
         let root = table.root().clone();
         let a = table.remember(
             10,
@@ -311,7 +322,7 @@ mod tests {
 
     #[test]
     fn forget_frees_a_node_only_at_zero_lookups() {
-        let table = NodeTable::new(Node::root(chain()));
+        let table = NodeTable::new(Node::root(chain()), false);
         let root = table.root().clone();
         table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("a"));
         table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("a"));
@@ -326,7 +337,7 @@ mod tests {
 
     #[test]
     fn removing_the_primary_name_falls_back_to_another_known_link() {
-        let table = NodeTable::new(Node::root(chain()));
+        let table = NodeTable::new(Node::root(chain()), false);
         let root = table.root().clone();
         table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("x"));
         let n = table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("y"));
@@ -338,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_hard_link_reached_by_another_name_moves_its_primary_name() {
-        let table = NodeTable::new(Node::root(chain()));
+        let table = NodeTable::new(Node::root(chain()), false);
         let root = table.root().clone();
         table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("x"));
         let n = table.remember(10, FileKind::Regular, chain(), None, &root, OsStr::new("y"));

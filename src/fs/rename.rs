@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use super::copyup::{copy_object, restore_times};
+use super::layer::{Layer, Probe};
 use super::node::{ChainDir, Node};
 use super::upper::MarkerFormat;
 use super::{marker, Overlay};
@@ -85,10 +86,8 @@ impl Overlay {
         }
         let _locks = self.dir_locks.lock_two(sdir.id, ddir.id);
         // Whether the replaced object loses its last name.
-        let d_last = match &dnode {
-            Some(d) if !exchange => {
-                d.kind == FileKind::Directory || self.stat_node(d).map_or(true, |st| st.nlink <= 1)
-            }
+        let d_last = match (&dnode, &dst) {
+            (Some(d), Some(r)) if !exchange => d.kind == FileKind::Directory || r.top.nlink <= 1,
             _ => false,
         };
         let d_merged = !self.lower_chain(&ddir.chain()).is_empty();
@@ -152,9 +151,17 @@ impl Overlay {
                 return Ok(());
             }
             Ok(st) if st.is_dir() => {
-                // An upper directory holding only markers: swap, then remove it.
-                s_up.rename(name, d_up, newname, rename_flags::EXCHANGE)?;
-                return self.remove_upper_dir(s_up, name, src_whiteout);
+                // An upper directory holding only markers: first swap it for an empty opaque
+                // one (the merged view does not change), so the rename below replaces an
+                // empty directory in one step, as the kernel's ovl_clear_empty does.
+                let tmp = up.temp_name();
+                up.work.mkdir(&tmp, st.mode & 0o7777)?;
+                let swapped = up
+                    .mark_opaque(&up.work.child_dir(&tmp)?)
+                    .and_then(|()| up.work.rename(&tmp, d_up, newname, rename_flags::EXCHANGE));
+                let cleaned = super::upper::remove_tree(&up.work, &tmp);
+                swapped?;
+                cleaned?;
             }
             Ok(_) | Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
@@ -168,8 +175,10 @@ impl Overlay {
             match s_up.rename(name, d_up, newname, rename_flags::WHITEOUT) {
                 Ok(()) => {}
                 Err(Errno::EINVAL | Errno::EPERM) => {
+                    // No RENAME_WHITEOUT here: an AUFS whiteout written first hides the lower
+                    // name from the moment the object leaves, so no crash can resurrect it.
+                    up.write_aufs_whiteout(s_up, name)?;
                     s_up.rename(name, d_up, newname, 0)?;
-                    up.write_whiteout(s_up, name)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -281,7 +290,12 @@ impl Overlay {
     fn place_staged(&self, up: &super::Upper, s: Staged) -> Result<(), Errno> {
         let updir = self.layers[0].dir(&s.dir.path())?;
         {
+            let _copy = self.copy_guard(s.id);
             let _lock = self.dir_locks.lock(s.dir.id);
+            if Layer::probe(&updir, false, &s.name)? != Probe::Absent {
+                // Copied up, deleted or replaced meanwhile: what is there now wins.
+                return up.work.unlink(&s.tmp);
+            }
             let times = updir.stat()?;
             up.work
                 .rename(&s.tmp, &updir, &s.name, rename_flags::NOREPLACE)?;

@@ -57,6 +57,9 @@ impl Overlay {
         let mtime = set.mtime.unwrap_or(SetTime::Omit);
         let times = set.atime.is_some() || set.mtime.is_some();
         if node.kind == FileKind::Directory {
+            // Copy-ups into this directory put its times back under this lock: a change of
+            // them must not be undone by one.
+            let _lock = self.dir_locks.lock(node.id);
             let dir = self.dir_of(&node)?;
             if set.uid.is_some() || set.gid.is_some() {
                 dir.chown(set.uid, set.gid)?;

@@ -147,11 +147,18 @@ impl Upper {
     /// Writes a whiteout for `name` in `dir` (which holds nothing by that name).
     pub fn write_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
         match self.format {
-            MarkerFormat::Aufs => {
-                dir.create_file(&aufs_whiteout_name(name), libc::O_WRONLY, 0o600)?;
-                Ok(())
-            }
+            MarkerFormat::Aufs => self.write_aufs_whiteout(dir, name),
             _ => dir.mknod(name, libc::S_IFCHR, 0),
+        }
+    }
+
+    /// Writes `.wh.NAME` in `dir`; one already there (left by a crash) is fine.
+    pub fn write_aufs_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
+        let wh = aufs_whiteout_name(name);
+        match dir.create_file(&wh, libc::O_WRONLY, 0o600) {
+            Ok(_) => Ok(()),
+            Err(Errno::EEXIST) if is_regular(dir, &wh)? => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -222,6 +229,10 @@ impl Upper {
         };
         decode_origin(&value.ok()?)
     }
+}
+
+fn is_regular(dir: &Dir, name: &OsStr) -> Result<bool, Errno> {
+    Ok(dir.stat_child(name)?.kind() == Some(crate::sys::FileKind::Regular))
 }
 
 /// The index entry name of a lower hard-link group.

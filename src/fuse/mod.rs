@@ -23,12 +23,18 @@ use crate::sys::{Errno, FileKind, SetTime};
 pub struct OverlayFs {
     core: Arc<Overlay>,
     ttl: Duration,
+    /// A duplicate of the session's `/dev/fuse` descriptor, once mounted.
+    device: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
 }
 
 impl OverlayFs {
     /// Serves `core`, letting the kernel cache entries and attributes for `ttl`.
     pub fn new(core: Arc<Overlay>, ttl: Duration) -> OverlayFs {
-        OverlayFs { core, ttl }
+        OverlayFs {
+            core,
+            ttl,
+            device: Arc::default(),
+        }
     }
 }
 
@@ -155,6 +161,19 @@ impl Filesystem for OverlayFs {
             log::debug!("kernel lacks FUSE_PARALLEL_DIROPS");
         }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // The session ended. If the kernel ended the connection (the mount is gone), end
+        // the process here: fuser would otherwise unmount the mount point by path, and
+        // another mount may sit there by now (a caller that unmounts and mounts again at
+        // once, as podman does).
+        if let Some(fd) = self.device.get() {
+            if crate::sys::process::fuse_connection_ended(fd) {
+                log::info!("unmounted; exiting");
+                std::process::exit(0);
+            }
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

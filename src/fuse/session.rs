@@ -3,6 +3,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsFd;
+
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::OverlayFs;
@@ -50,7 +52,10 @@ pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
     config.n_threads = Some(spec.threads.max(1));
     config.clone_fd = true;
     let core = fs.core.clone();
+    let device = fs.device.clone();
     let session = Session::new(fs, &spec.mountpoint, &config)?;
+    // Our own handle on the connection, to tell at the end whether the kernel ended it.
+    let _ = device.set(session.as_fd().try_clone_to_owned()?);
     let notifier = session.notifier();
     core.set_invalidator(Invalidator(Box::new(move |id| {
         // Attributes only (negative offset); an inode the kernel dropped gives ENOENT.

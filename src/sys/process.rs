@@ -122,3 +122,24 @@ pub fn raise_nofile_limit() -> Result<u64, Errno> {
 pub fn clear_umask() {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
 }
+
+/// The effective group id of this process.
+pub fn egid() -> u32 {
+    nix::unistd::getegid().as_raw()
+}
+
+/// True when the FUSE connection of `/dev/fuse` descriptor `fd` has been ended by the kernel
+/// (its mount is gone): the device then polls `POLLERR`.
+pub fn fuse_connection_ended(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::empty(),
+    )];
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+        Ok(1) => fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR)),
+        _ => false,
+    }
+}
