@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use super::{Layer, Overlay};
+use super::{Caller, Layer, MarkerFormat, NewObject, Overlay, Upper};
 use crate::sys::{Errno, FileKind};
 
 fn overlay(build: impl FnOnce(&Path)) -> (tempfile::TempDir, Overlay) {
@@ -147,4 +147,85 @@ fn long_names_writes_and_bad_handles_get_their_errnos() {
     assert_eq!(o.read(fh, 0, 1).unwrap_err(), Errno::EBADF);
     assert_eq!(o.opendir(f).unwrap_err(), Errno::ENOTDIR);
     assert_eq!(o.lookup(f, OsStr::new("x")).unwrap_err(), Errno::ENOTDIR);
+}
+
+/// A writable overlay: `build` fills `lower`; `upper` and `work` start empty.
+fn writable(format: MarkerFormat, build: impl FnOnce(&Path)) -> (tempfile::TempDir, Overlay) {
+    let t = tempfile::tempdir().unwrap();
+    for d in ["lower", "upper", "work"] {
+        std::fs::create_dir(t.path().join(d)).unwrap();
+    }
+    build(&t.path().join("lower"));
+    let layers = vec![
+        Layer::open(0, &t.path().join("upper")).unwrap(),
+        Layer::open(1, &t.path().join("lower")).unwrap(),
+    ];
+    let upper = Upper::open(&t.path().join("work"), Some(format), false).unwrap();
+    (t, Overlay::new(layers, Some(upper)).unwrap())
+}
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+#[test]
+fn unlink_of_a_lower_file_writes_a_whiteout_in_the_chosen_format() {
+    for (format, marker) in [
+        (MarkerFormat::Kernel, "gone"),
+        (MarkerFormat::Aufs, ".wh.gone"),
+    ] {
+        let (t, o) = writable(format, |r| write(r, "d/gone", "x"));
+        let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
+        o.unlink(d, OsStr::new("gone")).unwrap();
+        assert_eq!(o.lookup(d, OsStr::new("gone")).unwrap_err(), Errno::ENOENT);
+        assert!(std::fs::symlink_metadata(t.path().join("upper/d").join(marker)).is_ok());
+        assert!(t.path().join("lower/d/gone").exists());
+        assert_eq!(names(&o, d), vec![".", ".."]);
+    }
+}
+
+#[test]
+fn copy_up_keeps_the_number_and_leaves_the_lower_file_alone() {
+    let (t, o) = writable(MarkerFormat::Kernel, |r| write(r, "f", "lower data"));
+    let f = o.lookup(1, OsStr::new("f")).unwrap().0.ino;
+    let fh = o.open(f, libc::O_WRONLY).unwrap();
+    assert_eq!(o.write(fh, 0, b"UPPER").unwrap(), 5);
+    o.release(fh);
+    assert_eq!(
+        std::fs::read(t.path().join("upper/f")).unwrap(),
+        b"UPPER data"
+    );
+    assert_eq!(
+        std::fs::read(t.path().join("lower/f")).unwrap(),
+        b"lower data"
+    );
+    o.forget(f, 1);
+    assert_eq!(o.lookup(1, OsStr::new("f")).unwrap().0.ino, f);
+}
+
+#[test]
+fn mkdir_over_a_deleted_dir_is_opaque_and_renaming_a_lower_dir_works() {
+    let (t, o) = writable(MarkerFormat::Kernel, |r| {
+        write(r, "d/old", "o");
+        write(r, "e/inner", "i");
+    });
+    let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
+    o.unlink(d, OsStr::new("old")).unwrap();
+    o.rmdir(1, OsStr::new("d")).unwrap();
+    let (attr, _, _) = o
+        .make(1, OsStr::new("d"), NewObject::Dir, 0o755, ME)
+        .unwrap();
+    assert_eq!(names(&o, attr.ino), vec![".", ".."]);
+    assert_eq!(
+        o.lookup(attr.ino, OsStr::new("old")).unwrap_err(),
+        Errno::ENOENT
+    );
+    o.lookup(1, OsStr::new("e")).unwrap();
+    o.rename(1, OsStr::new("e"), 1, OsStr::new("moved"), 0)
+        .unwrap();
+    let moved = o.lookup(1, OsStr::new("moved")).unwrap().0.ino;
+    assert_eq!(names(&o, moved), vec![".", "..", "inner"]);
+    assert_eq!(
+        std::fs::read(t.path().join("upper/moved/inner")).unwrap(),
+        b"i"
+    );
+    assert_eq!(o.lookup(1, OsStr::new("e")).unwrap_err(), Errno::ENOENT);
 }
