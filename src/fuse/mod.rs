@@ -153,7 +153,8 @@ impl OverlayFs {
 
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Lookups in one directory may run in parallel: the core has no per-directory lock.
+        // Lookups in one directory may run in parallel: they take no lock in the core (only
+        // changes of one upper directory serialize, on the core's directory locks).
         if config
             .add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS)
             .is_err()
