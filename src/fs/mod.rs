@@ -304,7 +304,15 @@ impl Overlay {
             };
             return Ok(self.attr(&node, &handle.stat()?));
         }
-        let st = self.stat_node(&node)?;
+        let st = match self.stat_node(&node) {
+            // The only name this node knew is gone, though other links remain (never looked
+            // up): an open descriptor still answers.
+            Err(Errno::ENOENT) => match fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone())) {
+                Some(h) => h.stat()?,
+                None => return Err(Errno::ENOENT),
+            },
+            r => r?,
+        };
         Ok(self.attr(&node, &st))
     }
 
