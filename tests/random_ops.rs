@@ -250,19 +250,12 @@ fn apply(m: &Path, op: &Op) -> Result<(), i32> {
             // SAFETY: test helper; NUL-terminated path.
             ret(unsafe { libc::mkfifo(c(&j(p)).as_ptr(), 0o640) })
         }
-        Op::RemoveAll(p) => {
-            let st = Command::new("rm")
+        Op::RemoveAll(p) => util::succeeds(
+            Command::new("rm")
                 .arg("-rf")
                 .arg(j(p))
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            if st.success() {
-                Ok(())
-            } else {
-                Err(-1)
-            }
-        }
+                .stderr(std::process::Stdio::null()),
+        ),
     }
 }
 
@@ -279,17 +272,7 @@ fn kernel_move(m: &Path, a: &str, b: &str) -> Result<(), i32> {
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
-    if Command::new("rm")
-        .arg("-rf")
-        .arg(m.join(a))
-        .status()
-        .unwrap()
-        .success()
-    {
-        Ok(())
-    } else {
-        Err(-1)
-    }
+    util::succeeds(Command::new("rm").arg("-rf").arg(m.join(a)))
 }
 
 fn run_seed(seed: u64, ops: usize) {

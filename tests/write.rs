@@ -278,16 +278,11 @@ fn mv_of_lower_and_merged_dirs_gives_the_kernels_tree() {
     let mv = |a: &str, b: &str| {
         let (a, b) = (a.to_owned(), b.to_owned());
         move |m: &Path| {
-            let st = std::process::Command::new("mv")
-                .arg(m.join(&a))
-                .arg(m.join(&b))
-                .status()
-                .unwrap();
-            if st.success() {
-                Ok(())
-            } else {
-                Err(-1)
-            }
+            util::succeeds(
+                std::process::Command::new("mv")
+                    .arg(m.join(&a))
+                    .arg(m.join(&b)),
+            )
         }
     };
     pair.both("modify inside", |m| {

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::node::ChainDir;
 use super::upper::{self, Upper};
 use super::{marker, Overlay};
-use crate::sys::{file, rename_flags, Dir, Errno, FileKind, SetTime, Stat};
+use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind, SetTime, Stat};
 
 /// Bytes moved per copy_file_range or read/write call.
 const CHUNK: usize = 1 << 20;
@@ -186,22 +186,7 @@ impl Drop for CopyGuard<'_> {
 
 /// Puts back the access and modification times `st` on `dir`.
 pub(super) fn restore_times(dir: &Dir, st: &Stat) {
-    let _ = dir.set_times(time(st.atime), time(st.mtime));
-}
-
-fn time(t: std::time::SystemTime) -> SetTime {
-    match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos().into()),
-        Err(e) => {
-            let d = e.duration();
-            let (mut sec, mut nsec) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
-            if nsec < 0 {
-                sec -= 1;
-                nsec += 1_000_000_000;
-            }
-            SetTime::At(sec, nsec)
-        }
-    }
+    let _ = dir.set_times(SetTime::from(st.atime), SetTime::from(st.mtime));
 }
 
 /// Builds at `dst_name` in `dst_dir` a copy of the non-directory `name` of `src_dir` whose
@@ -264,7 +249,7 @@ pub(super) fn set_meta(dir: &Dir, name: Option<&OsStr>, st: &Stat) -> Result<(),
             None => dir.chmod(st.mode)?,
         }
     }
-    let (a, m) = (time(st.atime), time(st.mtime));
+    let (a, m) = (SetTime::from(st.atime), SetTime::from(st.mtime));
     match name {
         Some(n) => dir.set_times_child(n, a, m),
         None => dir.set_times(a, m),
@@ -316,10 +301,6 @@ pub(super) fn copy_xattrs(
         }
     }
     Ok(())
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Copies `size` bytes of `src` into the empty `dst`: a reflink where the filesystem can,

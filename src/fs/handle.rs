@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 
 use super::node::Node;
 use super::Overlay;
-use crate::sys::{file, Errno, FileKind, Stat};
+use crate::sys::{file, io_errno, Errno, FileKind, Stat};
 
 /// An open merged file.
 #[derive(Debug)]
@@ -36,10 +36,6 @@ impl Handle {
     pub(super) fn stat(&self) -> Result<Stat, Errno> {
         file::fstat(&self.file())
     }
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Flags passed on to the layer's open: the access mode and sync semantics. Appending is the

@@ -124,7 +124,7 @@ pub fn has_whiteout_xattr(dir: &Dir, name: &OsStr) -> Result<bool, Errno> {
 }
 
 /// Whether a stat result is a regular file; a missing (or impossible, too long) name is not.
-fn is_regular(result: Result<Stat, Errno>) -> Result<bool, Errno> {
+pub(super) fn is_regular(result: Result<Stat, Errno>) -> Result<bool, Errno> {
     match result {
         Ok(st) => Ok(st.kind() == Some(crate::sys::FileKind::Regular)),
         Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) | Err(Errno::ENOTDIR) => Ok(false),

@@ -13,7 +13,7 @@ use super::layer::{Layer, Probe};
 use super::node::{ChainDir, Node};
 use super::upper::{self, MarkerFormat};
 use super::{marker, Attr, Caller, Overlay};
-use crate::sys::{file, rename_flags, Dir, Errno, FileKind};
+use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind};
 
 /// What to make at a new name.
 #[derive(Clone, Copy, Debug)]
@@ -34,10 +34,6 @@ fn refuse_marker_name(name: &OsStr) -> Result<(), Errno> {
         marker::NameRole::Plain => Ok(()),
         _ => Err(Errno::EINVAL),
     }
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 impl Overlay {

@@ -184,10 +184,7 @@ impl Overlay {
             }
         }
         // An AUFS whiteout of the new name, if any, goes last.
-        match d_up.unlink(&super::layer::aufs_whiteout_name(newname)) {
-            Ok(()) | Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) => Ok(()),
-            Err(e) => Err(e),
-        }
+        up.remove_aufs_whiteout(d_up, newname)
     }
 
     /// Makes `node` wholly upper: a non-directory is copied up; a directory merging lower

@@ -3,10 +3,9 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{marker, Attr, Overlay};
-use crate::sys::{Errno, FileKind, SetTime};
+use crate::sys::{io_errno, Errno, FileKind, SetTime};
 
 /// The attributes a setattr request changes (`None`: leave as is).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,21 +22,6 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-fn system_time(t: SetTime) -> Option<SystemTime> {
-    match t {
-        SetTime::Omit => None,
-        SetTime::Now => Some(SystemTime::now()),
-        SetTime::At(s, n) if s >= 0 => Some(UNIX_EPOCH + Duration::new(s as u64, n as u32)),
-        SetTime::At(s, n) => Some(
-            UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(n as u64),
-        ),
-    }
 }
 
 impl Overlay {
@@ -113,10 +97,10 @@ impl Overlay {
             f.set_len(size).map_err(io_errno)?;
         }
         let mut times = std::fs::FileTimes::new();
-        if let Some(t) = set.atime.and_then(system_time) {
+        if let Some(t) = set.atime.and_then(SetTime::system_time) {
             times = times.set_accessed(t);
         }
-        if let Some(t) = set.mtime.and_then(system_time) {
+        if let Some(t) = set.mtime.and_then(SetTime::system_time) {
             times = times.set_modified(t);
         }
         f.set_times(times).map_err(io_errno)?;

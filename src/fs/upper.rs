@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use super::layer::aufs_whiteout_name;
+use super::layer::{self, aufs_whiteout_name};
 use super::marker;
 use crate::sys::{Dir, Errno, Stat};
 
@@ -157,7 +157,7 @@ impl Upper {
         let wh = aufs_whiteout_name(name);
         match dir.create_file(&wh, libc::O_WRONLY, 0o600) {
             Ok(_) => Ok(()),
-            Err(Errno::EEXIST) if is_regular(dir, &wh)? => Ok(()),
+            Err(Errno::EEXIST) if layer::is_regular(dir.stat_child(&wh))? => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -169,6 +169,11 @@ impl Upper {
             Ok(_) | Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }
+        self.remove_aufs_whiteout(dir, name)
+    }
+
+    /// Removes `.wh.NAME` from `dir` if it is there.
+    pub fn remove_aufs_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
         match dir.unlink(&aufs_whiteout_name(name)) {
             Ok(()) | Err(Errno::ENOENT) | Err(Errno::ENAMETOOLONG) => Ok(()),
             Err(e) => Err(e),
@@ -229,10 +234,6 @@ impl Upper {
         };
         decode_origin(&value.ok()?)
     }
-}
-
-fn is_regular(dir: &Dir, name: &OsStr) -> Result<bool, Errno> {
-    Ok(dir.stat_child(name)?.kind() == Some(crate::sys::FileKind::Regular))
 }
 
 /// The index entry name of a lower hard-link group.

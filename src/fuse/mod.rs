@@ -105,18 +105,7 @@ fn caller(req: &Request) -> Caller {
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos().into()),
-            Err(e) => {
-                let d = e.duration();
-                let nsec = i64::from(d.subsec_nanos());
-                if nsec == 0 {
-                    SetTime::At(-(d.as_secs() as i64), 0)
-                } else {
-                    SetTime::At(-(d.as_secs() as i64) - 1, 1_000_000_000 - nsec)
-                }
-            }
-        },
+        TimeOrNow::SpecificTime(t) => SetTime::from(t),
     })
 }
 

@@ -19,7 +19,38 @@ pub enum SetTime {
     At(i64, i64),
 }
 
+impl From<std::time::SystemTime> for SetTime {
+    fn from(t: std::time::SystemTime) -> SetTime {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos().into()),
+            Err(e) => {
+                // Before the epoch: whole seconds rounded down, nanoseconds counted up.
+                let d = e.duration();
+                let nsec = i64::from(d.subsec_nanos());
+                if nsec == 0 {
+                    SetTime::At(-(d.as_secs() as i64), 0)
+                } else {
+                    SetTime::At(-(d.as_secs() as i64) - 1, 1_000_000_000 - nsec)
+                }
+            }
+        }
+    }
+}
+
 impl SetTime {
+    /// The time as a `SystemTime` (`Now` read now), `None` for `Omit`.
+    pub fn system_time(self) -> Option<std::time::SystemTime> {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        match self {
+            SetTime::Omit => None,
+            SetTime::Now => Some(SystemTime::now()),
+            SetTime::At(s, n) if s >= 0 => Some(UNIX_EPOCH + Duration::new(s as u64, n as u32)),
+            SetTime::At(s, n) => Some(
+                UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(n as u64),
+            ),
+        }
+    }
+
     fn timespec(self) -> libc::timespec {
         match self {
             SetTime::Omit => libc::timespec {

@@ -29,6 +29,11 @@ fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
     }
 }
 
+/// The errno of a std I/O error (`EIO` for one that carries none).
+pub fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// Converts a Rust string-ish value into a C string, refusing interior NUL bytes.
 fn cstr(bytes: &[u8]) -> Result<std::ffi::CString, Errno> {
     std::ffi::CString::new(bytes).map_err(|_| Errno::EINVAL)

@@ -102,13 +102,18 @@ pub fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Mounts our daemon over `lowers` (topmost first) at `mountpoint`, with extra `-o` options.
-pub fn mount_ours_with(lowers: &[PathBuf], mountpoint: &Path, extra: &str) -> Mounted {
-    let lower = lowers
+/// `lowers` as a `lowerdir=` value.
+fn colon_list(lowers: &[PathBuf]) -> String {
+    lowers
         .iter()
         .map(|l| l.display().to_string())
         .collect::<Vec<_>>()
-        .join(":");
+        .join(":")
+}
+
+/// Mounts our daemon over `lowers` (topmost first) at `mountpoint`, with extra `-o` options.
+pub fn mount_ours_with(lowers: &[PathBuf], mountpoint: &Path, extra: &str) -> Mounted {
+    let lower = colon_list(lowers);
     let mut opts = format!("lowerdir={lower}");
     if !extra.is_empty() {
         opts.push(',');
@@ -153,17 +158,18 @@ pub fn mount_kernel_rw(
     work: &Path,
     mountpoint: &Path,
 ) -> Mounted {
-    let lower = lowers
-        .iter()
-        .map(|l| l.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let data = CString::new(format!(
-        "lowerdir={lower},upperdir={},workdir={}",
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        colon_list(lowers),
         upper.display(),
         work.display()
-    ))
-    .unwrap();
+    );
+    kernel_overlay(&data, 0, mountpoint)
+}
+
+/// mount(2) of the kernel overlay with option string `data` and mount `flags`.
+fn kernel_overlay(data: &str, flags: libc::c_ulong, mountpoint: &Path) -> Mounted {
+    let data = CString::new(data).unwrap();
     let target = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
     // SAFETY: test helper; NUL-terminated strings.
     let r = unsafe {
@@ -171,7 +177,7 @@ pub fn mount_kernel_rw(
             c"overlay".as_ptr(),
             target.as_ptr(),
             c"overlay".as_ptr(),
-            0,
+            flags,
             data.as_ptr().cast(),
         )
     };
@@ -199,31 +205,34 @@ pub fn mount_kernel(lowers: &[PathBuf], mountpoint: &Path, spare: &Path) -> Moun
         std::fs::create_dir_all(spare).unwrap();
         lowers.push(spare.to_owned());
     }
-    let lower = lowers
-        .iter()
-        .map(|l| l.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let data = CString::new(format!("lowerdir={lower}")).unwrap();
-    let target = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
-    // SAFETY: test helper; NUL-terminated strings.
-    let r = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            target.as_ptr(),
-            c"overlay".as_ptr(),
-            libc::MS_RDONLY,
-            data.as_ptr().cast(),
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "kernel overlay mount failed: {}",
-        std::io::Error::last_os_error()
-    );
-    Mounted {
-        path: mountpoint.to_owned(),
+    kernel_overlay(
+        &format!("lowerdir={}", colon_list(&lowers)),
+        libc::MS_RDONLY,
+        mountpoint,
+    )
+}
+
+/// Writes `layers` into the scratch dir twice: `o<i>` in our form, `k<i>` in the kernel's.
+fn write_both(scratch: &Scratch, layers: &[Layer]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut ours = Vec::new();
+    let mut kernel = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let o = scratch.path(&format!("o{i}"));
+        let k = scratch.path(&format!("k{i}"));
+        layer.write(&o, Form::Ours);
+        layer.write(&k, Form::Kernel);
+        ours.push(o);
+        kernel.push(k);
+    }
+    (ours, kernel)
+}
+
+/// Runs `cmd`: `Ok` if it exits 0, `Err(-1)` otherwise (for comparing outcomes of tools).
+pub fn succeeds(cmd: &mut Command) -> Result<(), i32> {
+    if cmd.status().unwrap().success() {
+        Ok(())
+    } else {
+        Err(-1)
     }
 }
 
@@ -243,16 +252,7 @@ impl Pair {
     /// As [`Pair::new`], with extra `-o` options for our mount.
     pub fn with_options(layers: &[Layer], extra: &str) -> Pair {
         let scratch = Scratch::new();
-        let mut ours = Vec::new();
-        let mut kernel = Vec::new();
-        for (i, layer) in layers.iter().enumerate() {
-            let o = scratch.path(&format!("o{i}"));
-            let k = scratch.path(&format!("k{i}"));
-            layer.write(&o, Form::Ours);
-            layer.write(&k, Form::Kernel);
-            ours.push(o);
-            kernel.push(k);
-        }
+        let (ours, kernel) = write_both(&scratch, layers);
         let om = scratch.mkdir("ours");
         let km = scratch.mkdir("kern");
         let ours = mount_ours_with(&ours, &om, extra);
@@ -268,16 +268,7 @@ impl Pair {
     /// with an empty upper layer (`ou`/`ku`) and work dir (`ow`/`kw`) in the scratch dir.
     pub fn writable(lowers: &[Layer], extra: &str) -> Pair {
         let scratch = Scratch::new();
-        let mut ours = Vec::new();
-        let mut kernel = Vec::new();
-        for (i, layer) in lowers.iter().enumerate() {
-            let o = scratch.path(&format!("o{i}"));
-            let k = scratch.path(&format!("k{i}"));
-            layer.write(&o, Form::Ours);
-            layer.write(&k, Form::Kernel);
-            ours.push(o);
-            kernel.push(k);
-        }
+        let (ours, kernel) = write_both(&scratch, lowers);
         for d in ["ou", "ow", "ku", "kw"] {
             scratch.mkdir(d);
         }
