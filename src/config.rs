@@ -58,6 +58,20 @@ pub struct MountConfig {
     pub threads: usize,
     /// How long the kernel may cache entries and attributes.
     pub timeout: Duration,
+    /// Whether open files do their I/O in the kernel, on the layer's file (`passthrough=`).
+    pub passthrough: PassthroughMode,
+}
+
+/// The `passthrough=` option: FUSE passthrough of reads, writes and mmap of open files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PassthroughMode {
+    /// Used where the kernel and the process's privileges allow it; cached I/O otherwise.
+    #[default]
+    Auto,
+    /// Required: the mount fails where it is not available.
+    On,
+    /// Never: every read and write goes through the daemon.
+    Off,
 }
 
 /// Default kernel cache time for entries, attributes and negative entries: the lower layers
@@ -174,6 +188,7 @@ impl MountConfig {
             allow_other: false,
             threads: DEFAULT_THREADS,
             timeout: DEFAULT_TIMEOUT,
+            passthrough: PassthroughMode::Auto,
         };
         for list in &args.options {
             for item in split_options(list)? {
@@ -295,6 +310,18 @@ impl MountConfig {
                 flag(value)?;
                 self.fsync = false;
             }
+            "passthrough" => {
+                self.passthrough = match value {
+                    Some("auto") => PassthroughMode::Auto,
+                    Some("on") => PassthroughMode::On,
+                    Some("off") => PassthroughMode::Off,
+                    _ => {
+                        return Err(Error::usage(
+                            "passthrough takes auto, on or off: auto uses it where available",
+                        ))
+                    }
+                }
+            }
             "userxattr" => {
                 flag(value)?;
                 self.markers.get_or_insert(MarkerFormat::UserXattr);
@@ -390,6 +417,8 @@ mod tests {
             "lowerdir=/a,workdir=/w",
             "lowerdir=/a,upperdir=/u,workdir=w",
             "lowerdir=/a,markers=bogus",
+            "lowerdir=/a,passthrough=maybe",
+            "lowerdir=/a,passthrough",
             "lowerdir=/a,uidmapping=0:1:1",
         ] {
             let e = MountConfig::from_args(&args(&[bad])).unwrap_err();

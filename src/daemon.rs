@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fuser::MountOption;
 
-use crate::config::{MountConfig, MountFlag};
+use crate::config::{MountConfig, MountFlag, PassthroughMode};
 use crate::error::Error;
 use crate::fs::{Layer, Overlay, Upper};
 use crate::fuse::session::{self, MountSpec};
@@ -30,6 +30,12 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         logger::enable_debug();
     }
     let checked = preflight::check(cfg)?;
+    if cfg.passthrough == PassthroughMode::On && !process::admin_in_initial_namespace() {
+        return Err(Error::invalid(
+            "passthrough=on needs CAP_SYS_ADMIN in the initial user namespace: \
+             mount as root, or use passthrough=auto",
+        ));
+    }
     let mut dirs: Vec<&preflight::NamedDir> = Vec::with_capacity(checked.lowers.len() + 1);
     if let Some((u, _)) = &checked.upper {
         dirs.push(u);
@@ -75,7 +81,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         allow_other: cfg.allow_other || process::euid() == 0,
         threads: cfg.threads,
     };
-    let fs = OverlayFs::new(Arc::new(core), cfg.timeout);
+    let fs = OverlayFs::new(Arc::new(core), cfg.timeout, cfg.passthrough);
     if cfg.foreground {
         block_termination_signals()?;
         let mounted = session::mount(fs, &spec).map_err(|e| mount_error(&spec, e))?;

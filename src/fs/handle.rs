@@ -172,6 +172,29 @@ impl Overlay {
         self.files.get(&fh)?.writable()
     }
 
+    /// A descriptor the kernel can do the I/O of open file `fh` on by itself (FUSE
+    /// passthrough), or `None` where that would break a guarantee.
+    ///
+    /// An upper object gets a read-write descriptor of its own, whatever `fh` was opened for:
+    /// the kernel keeps one backing file per inode, shared by every open of it. A lower object
+    /// gets its read-only descriptor only when `lower_frozen` says it can never be copied up
+    /// (no upper layer): a passthrough read keeps reading the file it was given, so a lower
+    /// backing file would not follow a copy-up the way [`Overlay::read`] does.
+    pub fn passthrough_file(&self, fh: u64, lower_frozen: bool) -> Option<File> {
+        let h = self.handle(fh).ok()?;
+        if h.on_upper.load(Ordering::Acquire) {
+            if h.node.is_unlinked() {
+                return None;
+            }
+            let (dir, name) = self.locate(&h.node).ok()?;
+            return dir.open_file(&name, libc::O_RDWR).ok();
+        }
+        if lower_frozen {
+            return h.file().try_clone().ok();
+        }
+        None
+    }
+
     /// Closes open file `fh`.
     pub fn release(&self, fh: u64) {
         self.files.remove(&fh);

@@ -180,6 +180,11 @@ impl Overlay {
         self.upper.as_ref().ok_or(Errno::EROFS)
     }
 
+    /// Whether the mount has an upper layer (so lower files can be copied up).
+    pub fn has_upper(&self) -> bool {
+        self.upper.is_some()
+    }
+
     /// True when `layer` is the writable upper layer.
     fn is_upper_layer(&self, layer: usize) -> bool {
         self.upper.is_some() && layer == 0

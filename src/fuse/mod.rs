@@ -1,6 +1,7 @@
 //! The thin FUSE adapter: decode a request, call [`crate::fs::Overlay`], reply exactly once.
 //! No overlay semantics live here.
 
+pub mod passthrough;
 pub mod session;
 
 use std::ffi::OsStr;
@@ -15,6 +16,8 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+use self::passthrough::{OpenIo, Passthrough};
+use crate::config::PassthroughMode;
 use crate::fs::{Attr, Caller, NewObject, Overlay, SetAttr};
 use crate::sys::{Errno, FileKind, SetTime};
 
@@ -25,18 +28,24 @@ pub struct OverlayFs {
     ttl: Duration,
     /// A duplicate of the session's `/dev/fuse` descriptor, once mounted.
     device: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
+    passthrough: Passthrough,
 }
 
 impl OverlayFs {
-    /// Serves `core`, letting the kernel cache entries and attributes for `ttl`.
-    pub fn new(core: Arc<Overlay>, ttl: Duration) -> OverlayFs {
+    /// Serves `core`, letting the kernel cache entries and attributes for `ttl`, with FUSE
+    /// passthrough as `passthrough` asks.
+    pub fn new(core: Arc<Overlay>, ttl: Duration, passthrough: PassthroughMode) -> OverlayFs {
         OverlayFs {
             core,
             ttl,
             device: Arc::default(),
+            passthrough: Passthrough::new(passthrough),
         }
     }
 }
+
+/// The largest write request the kernel sends (its own cap with 256 pages).
+const MAX_WRITE: u32 = 1 << 20;
 
 fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e as i32)
@@ -150,7 +159,8 @@ impl Filesystem for OverlayFs {
         {
             log::debug!("kernel lacks FUSE_PARALLEL_DIROPS");
         }
-        Ok(())
+        let _ = config.set_max_write(MAX_WRITE);
+        self.passthrough.negotiate(config, &self.core)
     }
 
     fn destroy(&mut self) {
@@ -321,10 +331,20 @@ impl Filesystem for OverlayFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(ino.0, flags.0) {
-            // Lower layers are frozen for the mount's life, so cached pages stay valid.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(e)),
+        let fh = match self.core.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(e)),
+        };
+        match self
+            .passthrough
+            .choose(&self.core, ino.0, fh, |f| reply.open_backing(f))
+        {
+            OpenIo::Backed(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
+            // Cached pages stay valid: lower layers are frozen for the mount's life, and the
+            // upper changes only through this mount.
+            OpenIo::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -377,7 +397,7 @@ impl Filesystem for OverlayFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -385,6 +405,7 @@ impl Filesystem for OverlayFs {
         reply: ReplyEmpty,
     ) {
         self.core.release(fh.0);
+        self.passthrough.release(ino.0);
         reply.ok();
     }
 
@@ -498,13 +519,29 @@ impl Filesystem for OverlayFs {
             caller(req),
         );
         match made {
-            Ok((attr, generation, Some(fh))) => reply.created(
-                &self.ttl,
-                &file_attr(&attr),
-                Generation(generation),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, generation, Some(fh))) => {
+                let (attr, generation) = (file_attr(&attr), Generation(generation));
+                match self
+                    .passthrough
+                    .choose(&self.core, attr.ino.0, fh, |f| reply.open_backing(f))
+                {
+                    OpenIo::Backed(id) => reply.created_passthrough(
+                        &self.ttl,
+                        &attr,
+                        generation,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    OpenIo::Cached => reply.created(
+                        &self.ttl,
+                        &attr,
+                        generation,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                }
+            }
             Ok(_) => reply.error(fuser::Errno::EIO),
             Err(e) => reply.error(errno(e)),
         }

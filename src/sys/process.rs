@@ -143,3 +143,21 @@ pub fn fuse_connection_ended(fd: &std::os::fd::OwnedFd) -> bool {
         _ => false,
     }
 }
+
+/// True when this process has `CAP_SYS_ADMIN` in the initial user namespace, which the kernel
+/// requires to register FUSE passthrough backing files.
+pub fn admin_in_initial_namespace() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let initial = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        fields == ["0", "0", "4294967295"]
+    });
+    let admin = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    });
+    initial && admin
+}
