@@ -9,6 +9,7 @@ use super::ident::Inos;
 use super::layer::{self, Layer};
 use super::marker::{self, NameRole};
 use super::node::ChainDir;
+use super::upper::Upper;
 use crate::sys::{Dir, Errno, FileKind, RawEntry};
 
 /// One entry of a merged listing.
@@ -22,24 +23,23 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
-/// Says which number a copied-up upper entry keeps: `(dir, name, its own (dev, ino))`.
-pub type OriginFn<'a> = dyn Fn(&Dir, &OsStr, (u64, u64)) -> Option<u64> + 'a;
-
 /// Lists the merged directory at `path` made of `chain`, without `.` and `..`: each name
-/// once, from the topmost layer that has it, whiteouts and markers left out. `origin`, given
-/// when `layers[0]` is an upper layer, says which number a copied-up entry of it keeps.
+/// once, from the topmost layer that has it, whiteouts and markers left out. `upper`, given
+/// when `layers[0]` is an upper layer, gives a copied-up entry its origin's number (read
+/// only in directories it marked impure).
 pub fn list(
     layers: &[Layer],
     inos: &Inos,
     path: &Path,
     chain: &[ChainDir],
-    origin: Option<&OriginFn<'_>>,
+    upper: Option<&Upper>,
 ) -> Result<Vec<DirEntry>, Errno> {
     let mut decided: HashSet<OsString> = HashSet::new();
     let mut out = Vec::new();
     for cd in chain {
         let layer = &layers[cd.layer];
         let dir = layer.dir(path)?;
+        let origins = upper.filter(|up| cd.layer == 0 && up.is_impure(&dir));
         let mut whiteouts = Vec::new();
         for raw in dir.entries()? {
             let name = raw.name.as_os_str();
@@ -64,13 +64,13 @@ pub fn list(
             if is_whiteout(&dir, cd.xwhiteouts, name, kind)? {
                 continue;
             }
-            let copied = match origin {
-                Some(origin) if cd.layer == 0 => origin(&dir, name, (layer.dev, raw.ino)),
-                _ => None,
-            };
+            let own = (layer.dev, raw.ino);
+            let (dev, ino) = origins
+                .and_then(|up| up.origin(&dir, Some(name), own))
+                .unwrap_or(own);
             out.push(DirEntry {
                 name: name.to_owned(),
-                ino: copied.unwrap_or_else(|| inos.id(layer.dev, raw.ino)),
+                ino: inos.id(dev, ino),
                 kind,
             });
         }

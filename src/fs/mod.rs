@@ -383,16 +383,7 @@ impl Overlay {
     }
 
     fn list_at(&self, path: &Path, chain: &[ChainDir]) -> Result<Vec<DirEntry>, Errno> {
-        let origin = |dir: &Dir, name: &OsStr, own: (u64, u64)| -> Option<u64> {
-            let up = self.upper.as_ref()?;
-            let (dev, ino) = up.origin(dir, Some(name), own)?;
-            Some(self.inos.id(dev, ino))
-        };
-        let origin: Option<&merge::OriginFn<'_>> = match self.upper {
-            Some(_) => Some(&origin),
-            None => None,
-        };
-        merge::list(&self.layers, &self.inos, path, chain, origin)
+        merge::list(&self.layers, &self.inos, path, chain, self.upper.as_ref())
     }
 
     fn snapshot(&self, dir: &Arc<Node>) -> Result<Vec<DirEntry>, Errno> {

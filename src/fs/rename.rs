@@ -85,6 +85,13 @@ impl Overlay {
             }
         }
         let _locks = self.dir_locks.lock_two(sdir.id, ddir.id);
+        if sdir.id != ddir.id {
+            // Objects with an origin may arrive in either directory.
+            up.mark_impure(&d_up);
+            if exchange {
+                up.mark_impure(&s_up);
+            }
+        }
         // Whether the replaced object loses its last name.
         let d_last = match (&dnode, &dst) {
             (Some(d), Some(r)) if !exchange => d.kind == FileKind::Directory || r.top.nlink <= 1,
@@ -294,6 +301,7 @@ impl Overlay {
                 return up.work.unlink(&s.tmp);
             }
             let times = updir.stat()?;
+            up.mark_impure(&updir);
             up.work
                 .rename(&s.tmp, &updir, &s.name, rename_flags::NOREPLACE)?;
             restore_times(&updir, &times);

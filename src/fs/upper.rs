@@ -10,7 +10,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
@@ -85,6 +85,10 @@ pub struct Upper {
     /// The xattr recording a copied-up object's origin (`trusted.` as root: it can be set on
     /// every file type; `user.` otherwise).
     origin_attr: &'static str,
+    /// The xattr marking a directory that may hold copied-up entries (same namespace).
+    impure_attr: &'static str,
+    /// A directory could not be marked impure: every upper directory counts as impure.
+    impure_unrecorded: AtomicBool,
     /// Origins that could not be recorded on disk (user xattrs on a symlink or device), by
     /// the upper object's `(dev, ino)`: kept for the mount's life.
     unrecorded: DashMap<(u64, u64), (u64, u64)>,
@@ -133,6 +137,8 @@ impl Upper {
             format,
             fsync,
             origin_attr: marker::ORIGIN_XATTRS[usize::from(!root_user)],
+            impure_attr: marker::IMPURE_XATTRS[usize::from(!root_user)],
+            impure_unrecorded: AtomicBool::new(false),
             unrecorded: DashMap::new(),
             next_temp: AtomicU64::new(1),
         })
@@ -219,6 +225,24 @@ impl Upper {
                 self.unrecorded.insert((st.dev, st.ino), origin);
             }
         }
+    }
+
+    /// Marks upper directory `dir` as holding (or about to hold) an entry with an origin, so
+    /// its listings give that entry its origin's number. Called before the entry arrives.
+    pub fn mark_impure(&self, dir: &Dir) {
+        if let Err(e) = dir.xattr_set(OsStr::new(self.impure_attr), b"y", 0) {
+            if !self.impure_unrecorded.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "cannot mark upper directories impure ({e}): every listing reads origins"
+                );
+            }
+        }
+    }
+
+    /// Whether upper directory `dir` may hold entries with an origin.
+    pub fn is_impure(&self, dir: &Dir) -> bool {
+        self.impure_unrecorded.load(Ordering::Relaxed)
+            || dir.xattr_get(OsStr::new(self.impure_attr)).is_ok()
     }
 
     /// The origin of the upper object `name` in `dir` (or of `dir`), whose own number is
