@@ -377,6 +377,53 @@ impl Overlay {
         Ok(())
     }
 
+    /// Like [`Overlay::readdir`], with each entry looked up: `emit(entry, next_offset,
+    /// (attr, generation))`. Every entry but `.` and `..` counts as a lookup of its node
+    /// when `emit` accepts it; one it refuses (buffer full) is forgotten again. A name that
+    /// vanished since the snapshot is left out.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(&DirEntry, u64, &(Attr, u64)) -> bool,
+    ) -> Result<(), Errno> {
+        let dir = self
+            .dirs
+            .get(&fh)
+            .map(|h| h.node.clone())
+            .ok_or(Errno::EBADF)?;
+        let mut failed = None;
+        let mut sent = 0usize;
+        self.readdir(fh, offset, |entry, next| {
+            let dot = entry.name == "." || entry.name == "..";
+            let found = if dot {
+                self.getattr(entry.ino, None).map(|a| (a, 0))
+            } else {
+                self.lookup(dir.id, &entry.name)
+            };
+            match found {
+                Ok(found) => {
+                    let full = emit(entry, next, &found);
+                    if full && !dot {
+                        self.forget(found.0.ino, 1);
+                    }
+                    sent += usize::from(!full);
+                    full
+                }
+                Err(Errno::ENOENT) => false,
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        })?;
+        match failed {
+            // What was sent is counted by the kernel: end the chunk there, error next time.
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The merged entries of directory node `dir`, `.` and `..` left out.
     fn list(&self, dir: &Node) -> Result<Vec<DirEntry>, Errno> {
         self.list_at(&dir.path(), &dir.chain())

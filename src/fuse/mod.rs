@@ -12,8 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use self::passthrough::{OpenIo, Passthrough};
@@ -158,6 +158,17 @@ impl Filesystem for OverlayFs {
             .is_err()
         {
             log::debug!("kernel lacks FUSE_PARALLEL_DIROPS");
+        }
+        // Listings carry each entry's attributes, so a walk that stats what it lists needs
+        // no lookup round trips; the kernel asks for them only while the caller looks
+        // entries up (AUTO), so a plain listing stays cheap.
+        if config
+            .add_capabilities(
+                fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+            )
+            .is_err()
+        {
+            log::debug!("kernel lacks FUSE_DO_READDIRPLUS");
         }
         let _ = config.set_max_write(MAX_WRITE);
         self.passthrough.negotiate(config, &self.core)
@@ -436,6 +447,37 @@ impl Filesystem for OverlayFs {
         let result = self.core.readdir(fh.0, offset, |entry, next| {
             reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name)
         });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = self
+            .core
+            .readdirplus(fh.0, offset, |entry, next, (attr, generation)| {
+                let attr = FileAttr {
+                    // `.` and `..` carry the listing's numbers; the kernel links no inode to them.
+                    ino: INodeNo(entry.ino),
+                    ..file_attr(attr)
+                };
+                reply.add(
+                    INodeNo(entry.ino),
+                    next,
+                    &entry.name,
+                    &self.ttl,
+                    &attr,
+                    Generation(*generation),
+                )
+            });
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
