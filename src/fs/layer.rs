@@ -2,8 +2,13 @@
 //! root descriptor every path inside it is resolved from.
 
 use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
 
 use super::marker::{self, DirMarks, NameRole};
 use crate::sys::{Dir, Errno, Stat};
@@ -19,6 +24,8 @@ pub struct Layer {
     pub root: Dir,
     /// `st_dev` of the root.
     pub dev: u64,
+    /// Open directories by path, for a layer that never changes (a lower one).
+    dirs: Option<Mutex<LruCache<PathBuf, Arc<Dir>>>>,
 }
 
 /// What one layer's directory holds under one name, as lookup sees it.
@@ -42,12 +49,29 @@ impl Layer {
             path: path.to_owned(),
             root,
             dev,
+            dirs: None,
         })
     }
 
+    /// Declares the layer frozen for the mount's life (a lower layer): up to `capacity` of
+    /// its directories stay open, so a lookup does not resolve its parent's path again.
+    pub fn freeze(&mut self, capacity: usize) {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        self.dirs = Some(Mutex::new(LruCache::new(capacity)));
+    }
+
     /// The directory at `rel` inside this layer.
-    pub fn dir(&self, rel: &Path) -> Result<Dir, Errno> {
-        self.root.open_beneath(rel)
+    pub fn dir(&self, rel: &Path) -> Result<Arc<Dir>, Errno> {
+        let Some(cache) = &self.dirs else {
+            return self.root.open_beneath(rel).map(Arc::new);
+        };
+        if let Some(dir) = cache.lock().get(rel) {
+            return Ok(dir.clone());
+        }
+        // Opened outside the lock: two threads may both open it; either copy is right.
+        let dir = Arc::new(self.root.open_beneath(rel)?);
+        cache.lock().put(rel.to_owned(), dir.clone());
+        Ok(dir)
     }
 
     /// The opaque/xwhiteout marks of `dir` (a directory of this layer).

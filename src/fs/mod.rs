@@ -64,7 +64,7 @@ struct DirHandle {
 /// A directory descriptor that is either one of the overlay's own or freshly opened.
 enum DirRef<'a> {
     Borrowed(&'a Dir),
-    Owned(Dir),
+    Owned(Arc<Dir>),
 }
 
 impl Deref for DirRef<'_> {
@@ -108,12 +108,19 @@ impl std::fmt::Debug for Invalidator {
     }
 }
 
+/// How many directories of the lower layers stay open, all layers together.
+const OPEN_LOWER_DIRS: usize = 4096;
+
 impl Overlay {
     /// An overlay of `layers`, topmost first. With `upper`, `layers[0]` is the writable
     /// upper layer and `upper` its work area; without, every change is refused (`EROFS`).
-    pub fn new(layers: Vec<Layer>, upper: Option<Upper>) -> Result<Overlay, Errno> {
+    pub fn new(mut layers: Vec<Layer>, upper: Option<Upper>) -> Result<Overlay, Errno> {
         if layers.is_empty() {
             return Err(Errno::EINVAL);
+        }
+        let lowers = layers.len() - usize::from(upper.is_some());
+        for layer in layers.iter_mut().skip(usize::from(upper.is_some())) {
+            layer.freeze((OPEN_LOWER_DIRS / lowers).max(16));
         }
         let mut chain = Vec::with_capacity(layers.len());
         for layer in &layers {
