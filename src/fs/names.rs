@@ -248,7 +248,7 @@ impl Overlay {
                 }
                 _ => {
                     let tmp = up.temp_name();
-                    up.work.mknod(&tmp, libc::S_IFCHR, 0)?;
+                    up.write_whiteout(&up.work, &tmp)?;
                     if let Err(e) = up.work.rename(&tmp, &updir, name, rename_flags::EXCHANGE) {
                         let _ = up.work.unlink(&tmp);
                         return Err(e);
@@ -283,7 +283,7 @@ impl Overlay {
                 updir.rename(name, &up.work, &tmp, rename_flags::NOREPLACE)?;
             }
             (true, _) => {
-                up.work.mknod(&tmp, libc::S_IFCHR, 0)?;
+                up.write_whiteout(&up.work, &tmp)?;
                 if let Err(e) = up.work.rename(&tmp, updir, name, rename_flags::EXCHANGE) {
                     let _ = up.work.unlink(&tmp);
                     return Err(e);

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use super::layer::{self, aufs_whiteout_name};
 use super::marker;
@@ -93,6 +94,8 @@ pub struct Upper {
     /// the upper object's `(dev, ino)`: kept for the mount's life.
     unrecorded: DashMap<(u64, u64), (u64, u64)>,
     next_temp: AtomicU64,
+    /// The whiteout device in the work dir that whiteouts are hard links of, once made.
+    shared_whiteout: Mutex<Option<OsString>>,
 }
 
 impl Upper {
@@ -141,6 +144,7 @@ impl Upper {
             impure_unrecorded: AtomicBool::new(false),
             unrecorded: DashMap::new(),
             next_temp: AtomicU64::new(1),
+            shared_whiteout: Mutex::new(None),
         })
     }
 
@@ -154,7 +158,37 @@ impl Upper {
     pub fn write_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
         match self.format {
             MarkerFormat::Aufs => self.write_aufs_whiteout(dir, name),
-            _ => dir.mknod(name, libc::S_IFCHR, 0),
+            _ => self.link_device_whiteout(dir, name),
+        }
+    }
+
+    /// Makes `name` in `dir` a whiteout device by linking one shared whiteout of the work dir,
+    /// as the kernel overlay does: no inode to allocate per deletion. A new shared one is made
+    /// when the link count is full; where linking fails, a device of its own.
+    fn link_device_whiteout(&self, dir: &Dir, name: &OsStr) -> Result<(), Errno> {
+        let mut shared = self.shared_whiteout.lock();
+        loop {
+            let source = match &*shared {
+                Some(source) => source.clone(),
+                None => {
+                    let source = self.temp_name();
+                    self.work.mknod(&source, libc::S_IFCHR, 0)?;
+                    *shared = Some(source.clone());
+                    source
+                }
+            };
+            match self.work.link(&source, dir, name) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EMLINK) => {
+                    let _ = self.work.unlink(&source);
+                    *shared = None;
+                }
+                Err(Errno::EEXIST) => return Err(Errno::EEXIST),
+                Err(e) => {
+                    log::debug!("cannot link the shared whiteout ({e}): making one");
+                    return dir.mknod(name, libc::S_IFCHR, 0);
+                }
+            }
         }
     }
 
