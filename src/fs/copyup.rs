@@ -66,9 +66,9 @@ impl Overlay {
         }
         let (parent, name) = node.parent_and_name();
         let path = parent.path();
-        let src_dir = self.layers[node.top_layer()].dir(&path)?;
+        let src_dir = self.layer_dir(&parent, &path, node.top_layer())?;
         let st = src_dir.stat_child(&name)?;
-        let updir = self.layers[0].dir(&path)?;
+        let updir = self.layer_dir(&parent, &path, 0)?;
         if node.kind == FileKind::Directory {
             let tmp = up.temp_name();
             let built = (|| {

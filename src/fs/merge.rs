@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::path::Path;
+use std::sync::Arc;
 
 use super::ident::Inos;
 use super::layer::{self, Layer};
@@ -30,7 +30,7 @@ pub struct DirEntry {
 pub fn list(
     layers: &[Layer],
     inos: &Inos,
-    path: &Path,
+    open: &dyn Fn(usize) -> Result<Arc<Dir>, Errno>,
     chain: &[ChainDir],
     upper: Option<&Upper>,
 ) -> Result<Vec<DirEntry>, Errno> {
@@ -38,7 +38,7 @@ pub fn list(
     let mut out = Vec::new();
     for cd in chain {
         let layer = &layers[cd.layer];
-        let dir = layer.dir(path)?;
+        let dir = open(cd.layer)?;
         let origins = upper.filter(|up| cd.layer == 0 && up.is_impure(&dir));
         let mut whiteouts = Vec::new();
         for raw in dir.entries()? {

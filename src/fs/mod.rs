@@ -5,6 +5,7 @@
 
 pub mod attr;
 mod copyup;
+mod dircache;
 mod handle;
 pub mod ident;
 pub mod layer;
@@ -91,6 +92,8 @@ pub struct Overlay {
     /// One lock per object being copied up: concurrent copy-ups of one object happen once,
     /// and a long copy-up holds up nothing else.
     copying: DashMap<u64, Arc<Mutex<()>>>,
+    /// Open upper directories of merged directories.
+    upper_dirs: dircache::UpperDirs,
     /// Serializes changes of the upper directory of one merged directory.
     dir_locks: Stripes,
     /// Tells the kernel to drop its cached attributes of a node changed behind its back.
@@ -149,6 +152,7 @@ impl Overlay {
             next_handle: AtomicU64::new(1),
             name_max,
             copying: DashMap::new(),
+            upper_dirs: dircache::UpperDirs::new(),
             dir_locks: Stripes::new(),
             invalidator: OnceLock::new(),
             creds: (crate::sys::process::euid(), crate::sys::process::egid()),
@@ -226,7 +230,19 @@ impl Overlay {
 
     /// Resolves `name` in the merged directory `dir`.
     fn resolve(&self, dir: &Node, name: &OsStr) -> Result<Option<Resolved>, Errno> {
-        resolve::resolve_child(&self.layers, &dir.path(), &dir.chain(), name)
+        self.resolve_in(dir, &dir.chain(), name)
+    }
+
+    /// Resolves `name` in the layers `chain` of merged directory `dir`.
+    fn resolve_in(
+        &self,
+        dir: &Node,
+        chain: &[ChainDir],
+        name: &OsStr,
+    ) -> Result<Option<Resolved>, Errno> {
+        let path = dir.path();
+        let open = |layer: usize| self.layer_dir(dir, &path, layer);
+        resolve::resolve_child(&self.layers, &open, chain, name)
     }
 
     /// The merged number, hard-link index entry and shown status of a resolved child of the
@@ -234,7 +250,7 @@ impl Overlay {
     /// hard link whose group was copied up shows the index entry.
     fn identify(
         &self,
-        parent_path: &Path,
+        parent: &Node,
         name: &OsStr,
         r: &Resolved,
     ) -> Result<(u64, Option<OsString>, Stat), Errno> {
@@ -243,7 +259,7 @@ impl Overlay {
         let mut index = None;
         if let Some(up) = &self.upper {
             if r.chain[0].layer == 0 {
-                let dir = self.layers[0].dir(parent_path)?;
+                let dir = self.layer_dir(parent, &parent.path(), 0)?;
                 if let Some(o) = up.origin(&dir, Some(name), (st.dev, st.ino)) {
                     origin = o;
                 }
@@ -270,7 +286,7 @@ impl Overlay {
         name: &OsStr,
         r: Resolved,
     ) -> Result<(Arc<Node>, Stat), Errno> {
-        let (id, index, st) = self.identify(&dir.path(), name, &r)?;
+        let (id, index, st) = self.identify(dir, name, &r)?;
         let node = self.nodes.remember(id, r.kind, r.chain, index, dir, name);
         Ok((node, st))
     }
@@ -433,11 +449,22 @@ impl Overlay {
 
     /// The merged entries of directory node `dir`, `.` and `..` left out.
     fn list(&self, dir: &Node) -> Result<Vec<DirEntry>, Errno> {
-        self.list_at(&dir.path(), &dir.chain())
+        let path = dir.path();
+        let open = |layer: usize| self.layer_dir(dir, &path, layer);
+        merge::list(
+            &self.layers,
+            &self.inos,
+            &open,
+            &dir.chain(),
+            self.upper.as_ref(),
+        )
     }
 
+    /// The merged entries of the directory at `path` made of `chain`, for one no node
+    /// stands for yet.
     fn list_at(&self, path: &Path, chain: &[ChainDir]) -> Result<Vec<DirEntry>, Errno> {
-        merge::list(&self.layers, &self.inos, path, chain, self.upper.as_ref())
+        let open = |layer: usize| self.layers[layer].dir(path);
+        merge::list(&self.layers, &self.inos, &open, chain, self.upper.as_ref())
     }
 
     fn snapshot(&self, dir: &Arc<Node>) -> Result<Vec<DirEntry>, Errno> {
@@ -507,11 +534,14 @@ impl Overlay {
 
     /// The directory node `node` (a directory) in its topmost layer.
     fn dir_of(&self, node: &Node) -> Result<DirRef<'_>, Errno> {
-        let layer = &self.layers[node.top_layer()];
         if node.id == ROOT_ID {
-            return Ok(DirRef::Borrowed(&layer.root));
+            return Ok(DirRef::Borrowed(&self.layers[node.top_layer()].root));
         }
-        Ok(DirRef::Owned(layer.dir(&node.path())?))
+        Ok(DirRef::Owned(self.layer_dir(
+            node,
+            &node.path(),
+            node.top_layer(),
+        )?))
     }
 
     /// Where a non-root object lives: a directory holding it and its name there (the index
@@ -521,7 +551,7 @@ impl Overlay {
             return Ok((DirRef::Borrowed(&up.index), key));
         }
         let (parent, name) = node.parent_and_name();
-        let dir = self.layers[node.top_layer()].dir(&parent.path())?;
+        let dir = self.layer_dir(&parent, &parent.path(), node.top_layer())?;
         Ok((DirRef::Owned(dir), name))
     }
 
@@ -543,7 +573,7 @@ impl Overlay {
         if dir.id == ROOT_ID {
             return Ok(DirRef::Borrowed(&self.layers[0].root));
         }
-        Ok(DirRef::Owned(self.layers[0].dir(&dir.path())?))
+        Ok(DirRef::Owned(self.layer_dir(dir, &dir.path(), 0)?))
     }
 
     /// The chain of `dir` without its upper directory: the layers a whiteout must hide.
@@ -562,6 +592,6 @@ impl Overlay {
         if lower.is_empty() {
             return Ok(false);
         }
-        Ok(resolve::resolve_child(&self.layers, &dir.path(), &lower, name)?.is_some())
+        Ok(self.resolve_in(dir, &lower, name)?.is_some())
     }
 }

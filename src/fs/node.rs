@@ -79,11 +79,19 @@ impl Link {
     }
 }
 
+fn next_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A merged object the kernel knows by its node id.
 #[derive(Debug)]
 pub struct Node {
     /// Node id, `st_ino` and `d_ino` alike.
     pub id: u64,
+    /// Unique among all nodes ever made (ids and generations can repeat): keys caches of
+    /// what belongs to this very node.
+    pub serial: u64,
     /// Its type.
     pub kind: FileKind,
     /// Told to the kernel with the id: a new object reusing a live id gets a new generation,
@@ -103,6 +111,7 @@ impl Node {
     pub fn root(chain: Chain) -> Node {
         Node {
             id: ROOT_ID,
+            serial: next_serial(),
             kind: FileKind::Directory,
             generation: 0,
             lookups: AtomicU64::new(1),
@@ -231,6 +240,7 @@ impl NodeTable {
         let node = |generation: u64, lookups: u64, chain: Chain, index: Option<OsString>| {
             Arc::new(Node {
                 id,
+                serial: next_serial(),
                 kind,
                 generation,
                 lookups: AtomicU64::new(lookups),

@@ -268,8 +268,8 @@ impl Overlay {
             if self.is_upper_layer(top) {
                 continue;
             }
-            let src_dir = self.layers[top].dir(&path)?;
-            let (id, _, _) = self.identify(&path, name, &r)?;
+            let src_dir = self.layer_dir(dir, &path, top)?;
+            let (id, _, _) = self.identify(dir, name, &r)?;
             let tmp = up.temp_name();
             let index = if r.top.nlink > 1 {
                 let key = self.ensure_index(up, &src_dir, name, &r.top, false)?;
@@ -292,7 +292,7 @@ impl Overlay {
 
     /// Renames one staged copy into its upper directory and points its live node at it.
     fn place_staged(&self, up: &super::Upper, s: Staged) -> Result<(), Errno> {
-        let updir = self.layers[0].dir(&s.dir.path())?;
+        let updir = self.layer_dir(&s.dir, &s.dir.path(), 0)?;
         {
             let _copy = self.copy_guard(s.id);
             let _lock = self.dir_locks.lock(s.dir.id);

@@ -2,11 +2,11 @@
 //! at a whiteout, at a non-directory, or after an opaque directory.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::sync::Arc;
 
 use super::layer::{Layer, Probe};
 use super::node::{Chain, ChainDir};
-use crate::sys::{Errno, FileKind, Stat};
+use crate::sys::{Dir, Errno, FileKind, Stat};
 
 /// What a name resolves to in a merged directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,18 +22,18 @@ pub struct Resolved {
     pub origin: (u64, u64),
 }
 
-/// Resolves `name` in the merged directory at `parent_path` made of `parent_chain`.
-/// `Ok(None)` means the name does not exist in the merged view.
+/// Resolves `name` in the merged directory made of `parent_chain`, whose directory in layer
+/// `i` is `open(i)`. `Ok(None)` means the name does not exist in the merged view.
 pub fn resolve_child(
     layers: &[Layer],
-    parent_path: &Path,
+    open: &dyn Fn(usize) -> Result<Arc<Dir>, Errno>,
     parent_chain: &[ChainDir],
     name: &OsStr,
 ) -> Result<Option<Resolved>, Errno> {
     let mut found: Option<Resolved> = None;
     for (i, pd) in parent_chain.iter().enumerate() {
         let layer = &layers[pd.layer];
-        let dir = layer.dir(parent_path)?;
+        let dir = open(pd.layer)?;
         let st = match Layer::probe(&dir, pd.xwhiteouts, name)? {
             Probe::Absent => continue,
             Probe::Whiteout => break,
