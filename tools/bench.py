@@ -11,7 +11,7 @@ the run, and the run fails loudly if they changed.
 Needs root (kernel overlay mounts, drop_caches) and Python 3 only. Usage:
     sudo tools/bench.py [--rounds 5] [--only copy-up,delete] [--quick] [--ours PATH]
                         [--extra NAME=PATH ...] [--workdir DIR] [--out FILE.md]
-                        [--svg FILE.svg] [--json FILE.json] [size flags, see --help]
+                        [--svg FILE.svg] [--json FILE.json] [--writable] [size flags]
 
 Contenders: "kernel" (mount -t overlay), "overlayfuse" (--ours, default
 target/release/overlayfuse; copy it elsewhere first if the tree may be rebuilt during the run),
@@ -625,6 +625,8 @@ def parse_args():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", help="comma-separated workload groups or row names")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    ap.add_argument("--writable", action="store_true",
+                    help="mount every workload with an upper layer (the read rows too)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--ours", default=DEFAULT_OURS, help="overlayfuse binary")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
@@ -666,6 +668,9 @@ def main():
         contenders.append(Contender(name, "fuse", os.path.abspath(prog), "fsync=0"))
     D = {}
     wls = workloads(a, D)
+    if a.writable:
+        for w in wls:
+            w.writable = True
     if a.only:
         sel = set(a.only.split(","))
         bad = sel - {w.group for w in wls} - {w.name for w in wls}

@@ -13,9 +13,10 @@ use parking_lot::Mutex;
 
 #[cfg(doc)]
 use super::layer::Layer;
+use super::layer::LayerDir;
 use super::node::Node;
 use super::Overlay;
-use crate::sys::{Dir, Errno};
+use crate::sys::Errno;
 
 const SHARDS: usize = 16;
 /// Upper directories kept open, all shards together.
@@ -24,7 +25,7 @@ const OPEN_UPPER_DIRS: usize = 2048;
 /// Open upper directories by node serial, sharded so request threads rarely share a lock.
 #[derive(Debug)]
 pub(super) struct UpperDirs {
-    shards: Vec<Mutex<LruCache<u64, Arc<Dir>>>>,
+    shards: Vec<Mutex<LruCache<u64, Arc<LayerDir>>>>,
 }
 
 impl UpperDirs {
@@ -37,7 +38,7 @@ impl UpperDirs {
         }
     }
 
-    fn shard(&self, serial: u64) -> &Mutex<LruCache<u64, Arc<Dir>>> {
+    fn shard(&self, serial: u64) -> &Mutex<LruCache<u64, Arc<LayerDir>>> {
         &self.shards[(serial % SHARDS as u64) as usize]
     }
 }
@@ -49,7 +50,7 @@ impl Overlay {
         node: &Node,
         path: &Path,
         layer: usize,
-    ) -> Result<Arc<Dir>, Errno> {
+    ) -> Result<Arc<LayerDir>, Errno> {
         if !self.is_upper_layer(layer) {
             return self.layers[layer].dir(path);
         }

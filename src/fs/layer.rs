@@ -1,11 +1,13 @@
 //! Layers: the read-only lower directories (and, with core II, the upper), each held by the
 //! root descriptor every path inside it is resolved from.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::num::NonZeroUsize;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -25,7 +27,104 @@ pub struct Layer {
     /// `st_dev` of the root.
     pub dev: u64,
     /// Open directories by path, for a layer that never changes (a lower one).
-    dirs: Option<Mutex<LruCache<PathBuf, Arc<Dir>>>>,
+    dirs: Option<Mutex<LruCache<PathBuf, Arc<LayerDir>>>>,
+    /// Names the open directories of all frozen layers may still keep.
+    budget: Arc<AtomicUsize>,
+}
+
+/// How many names the kept name sets of all lower directories may hold together.
+pub const NAME_BUDGET: usize = 1 << 18;
+
+/// Directories with more entries than this are not kept as a name set.
+const MAX_SCANNED: usize = 8192;
+
+/// A directory of one layer, as lookups use it. In a frozen layer it also keeps the names it
+/// holds (read once, on the first probe), so a name it does not hold costs no system call.
+#[derive(Debug)]
+pub struct LayerDir {
+    dir: Dir,
+    /// `None` in a layer that can change; inside, `None` for a directory too big to keep.
+    names: Option<OnceLock<Option<HashMap<OsString, u8>>>>,
+    /// The shared budget its names count against, given back when it is dropped.
+    budget: Arc<AtomicUsize>,
+}
+
+impl Drop for LayerDir {
+    fn drop(&mut self) {
+        if let Some(Some(names)) = self.names.as_ref().and_then(|c| c.get()) {
+            self.budget.fetch_add(names.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::ops::Deref for LayerDir {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        &self.dir
+    }
+}
+
+impl LayerDir {
+    /// `dir` of a layer that can change: every probe asks the filesystem.
+    pub fn live(dir: Dir) -> LayerDir {
+        LayerDir {
+            dir,
+            names: None,
+            budget: Arc::default(),
+        }
+    }
+
+    /// The `d_type` of every entry, if this directory keeps them.
+    fn names(&self) -> Option<&HashMap<OsString, u8>> {
+        let cell = self.names.as_ref()?;
+        cell.get_or_init(|| {
+            let entries = self.dir.entries().ok()?;
+            let n = entries.len();
+            let taken = self
+                .budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(n)
+                });
+            if n > MAX_SCANNED || taken.is_err() {
+                if taken.is_ok() {
+                    self.budget.fetch_add(n, Ordering::Relaxed);
+                }
+                return None;
+            }
+            Some(entries.into_iter().map(|e| (e.name, e.dtype)).collect())
+        })
+        .as_ref()
+    }
+
+    /// [`Layer::probe`] of `name` here, answered from the name set where it can be.
+    pub fn probe(&self, xwhiteouts: bool, name: &OsStr) -> Result<Probe, Errno> {
+        match self.names() {
+            Some(names) if !names.contains_key(name) => {
+                if self.has_aufs_whiteout(name)? {
+                    Ok(Probe::Whiteout)
+                } else {
+                    Ok(Probe::Absent)
+                }
+            }
+            _ => Layer::probe(&self.dir, xwhiteouts, name),
+        }
+    }
+
+    /// [`Layer::has_aufs_whiteout`] of `name` here, answered from the name set where it can be.
+    pub fn has_aufs_whiteout(&self, name: &OsStr) -> Result<bool, Errno> {
+        let Some(names) = self.names() else {
+            return Layer::has_aufs_whiteout(&self.dir, name);
+        };
+        if name.as_bytes().starts_with(marker::WHITEOUT_PREFIX) {
+            return Ok(false);
+        }
+        match names.get(aufs_whiteout_name(name).as_os_str()) {
+            None => Ok(false),
+            Some(&libc::DT_REG) => Ok(true),
+            Some(&libc::DT_UNKNOWN) => Layer::has_aufs_whiteout(&self.dir, name),
+            Some(_) => Ok(false),
+        }
+    }
 }
 
 /// What one layer's directory holds under one name, as lookup sees it.
@@ -50,26 +149,33 @@ impl Layer {
             root,
             dev,
             dirs: None,
+            budget: Arc::default(),
         })
     }
 
     /// Declares the layer frozen for the mount's life (a lower layer): up to `capacity` of
     /// its directories stay open, so a lookup does not resolve its parent's path again.
-    pub fn freeze(&mut self, capacity: usize) {
+    /// `budget` bounds the names they keep, shared with the other frozen layers.
+    pub fn freeze(&mut self, capacity: usize, budget: Arc<AtomicUsize>) {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         self.dirs = Some(Mutex::new(LruCache::new(capacity)));
+        self.budget = budget;
     }
 
     /// The directory at `rel` inside this layer.
-    pub fn dir(&self, rel: &Path) -> Result<Arc<Dir>, Errno> {
+    pub fn dir(&self, rel: &Path) -> Result<Arc<LayerDir>, Errno> {
         let Some(cache) = &self.dirs else {
-            return self.root.open_beneath(rel).map(Arc::new);
+            return Ok(Arc::new(LayerDir::live(self.root.open_beneath(rel)?)));
         };
         if let Some(dir) = cache.lock().get(rel) {
             return Ok(dir.clone());
         }
         // Opened outside the lock: two threads may both open it; either copy is right.
-        let dir = Arc::new(self.root.open_beneath(rel)?);
+        let dir = Arc::new(LayerDir {
+            dir: self.root.open_beneath(rel)?,
+            names: Some(OnceLock::new()),
+            budget: self.budget.clone(),
+        });
         cache.lock().put(rel.to_owned(), dir.clone());
         Ok(dir)
     }

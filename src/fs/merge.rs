@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 
 use super::ident::Inos;
-use super::layer::{self, Layer};
+use super::layer::{self, Layer, LayerDir};
 use super::marker::{self, NameRole};
 use super::node::ChainDir;
 use super::upper::Upper;
@@ -30,7 +30,7 @@ pub struct DirEntry {
 pub fn list(
     layers: &[Layer],
     inos: &Inos,
-    open: &dyn Fn(usize) -> Result<Arc<Dir>, Errno>,
+    open: &dyn Fn(usize) -> Result<Arc<LayerDir>, Errno>,
     chain: &[ChainDir],
     upper: Option<&Upper>,
 ) -> Result<Vec<DirEntry>, Errno> {

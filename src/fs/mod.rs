@@ -41,6 +41,7 @@ pub use upper::{MarkerFormat, Upper};
 use crate::sys::{Dir, Errno, FileKind, FsStat, Stat};
 use handle::Handle;
 use ident::{Inos, ROOT_ID};
+use layer::LayerDir;
 use node::{Chain, ChainDir, Node, NodeTable};
 use resolve::Resolved;
 use stripes::Stripes;
@@ -65,7 +66,7 @@ struct DirHandle {
 /// A directory descriptor that is either one of the overlay's own or freshly opened.
 enum DirRef<'a> {
     Borrowed(&'a Dir),
-    Owned(Arc<Dir>),
+    Owned(Arc<LayerDir>),
 }
 
 impl Deref for DirRef<'_> {
@@ -122,8 +123,9 @@ impl Overlay {
             return Err(Errno::EINVAL);
         }
         let lowers = layers.len() - usize::from(upper.is_some());
+        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(layer::NAME_BUDGET));
         for layer in layers.iter_mut().skip(usize::from(upper.is_some())) {
-            layer.freeze((OPEN_LOWER_DIRS / lowers).max(16));
+            layer.freeze((OPEN_LOWER_DIRS / lowers).max(16), budget.clone());
         }
         let mut chain = Vec::with_capacity(layers.len());
         for layer in &layers {

@@ -4,9 +4,9 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use super::layer::{Layer, Probe};
+use super::layer::{Layer, LayerDir, Probe};
 use super::node::{Chain, ChainDir};
-use crate::sys::{Dir, Errno, FileKind, Stat};
+use crate::sys::{Errno, FileKind, Stat};
 
 /// What a name resolves to in a merged directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct Resolved {
 /// `i` is `open(i)`. `Ok(None)` means the name does not exist in the merged view.
 pub fn resolve_child(
     layers: &[Layer],
-    open: &dyn Fn(usize) -> Result<Arc<Dir>, Errno>,
+    open: &dyn Fn(usize) -> Result<Arc<LayerDir>, Errno>,
     parent_chain: &[ChainDir],
     name: &OsStr,
 ) -> Result<Option<Resolved>, Errno> {
@@ -34,7 +34,7 @@ pub fn resolve_child(
     for (i, pd) in parent_chain.iter().enumerate() {
         let layer = &layers[pd.layer];
         let dir = open(pd.layer)?;
-        let st = match Layer::probe(&dir, pd.xwhiteouts, name)? {
+        let st = match dir.probe(pd.xwhiteouts, name)? {
             Probe::Absent => continue,
             Probe::Whiteout => break,
             Probe::Object(st) => st,
@@ -81,7 +81,7 @@ pub fn resolve_child(
 fn extend(
     merged: &mut Resolved,
     layer: &Layer,
-    dir: &crate::sys::Dir,
+    dir: &LayerDir,
     name: &OsStr,
     last: bool,
 ) -> Result<bool, Errno> {
@@ -95,5 +95,5 @@ fn extend(
         return Ok(true);
     }
     // An AUFS layer records "deleted, then re-created" as `.wh.NAME` beside `NAME/`.
-    Ok(marks.opaque || Layer::has_aufs_whiteout(dir, name)?)
+    Ok(marks.opaque || dir.has_aufs_whiteout(name)?)
 }
