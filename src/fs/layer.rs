@@ -1,7 +1,6 @@
 //! Layers: the read-only lower directories (and, with core II, the upper), each held by the
 //! root descriptor every path inside it is resolved from.
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::num::NonZeroUsize;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -13,6 +12,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use super::marker::{self, DirMarks, NameRole};
+use super::nameset::NameSet;
 use crate::sys::{Dir, Errno, Stat};
 
 /// One layer of the stack.
@@ -44,7 +44,7 @@ const MAX_SCANNED: usize = 8192;
 pub struct LayerDir {
     dir: Dir,
     /// `None` in a layer that can change; inside, `None` for a directory too big to keep.
-    names: Option<OnceLock<Option<HashMap<OsString, u8>>>>,
+    names: Option<OnceLock<Option<NameSet>>>,
     /// The shared budget its names count against, given back when it is dropped.
     budget: Arc<AtomicUsize>,
 }
@@ -75,7 +75,7 @@ impl LayerDir {
     }
 
     /// The `d_type` of every entry, if this directory keeps them.
-    fn names(&self) -> Option<&HashMap<OsString, u8>> {
+    fn names(&self) -> Option<&NameSet> {
         let cell = self.names.as_ref()?;
         cell.get_or_init(|| {
             let entries = self.dir.entries().ok()?;
@@ -91,7 +91,7 @@ impl LayerDir {
                 }
                 return None;
             }
-            Some(entries.into_iter().map(|e| (e.name, e.dtype)).collect())
+            NameSet::new(entries.into_iter().map(|e| (e.name, e.dtype)).collect())
         })
         .as_ref()
     }
@@ -99,7 +99,7 @@ impl LayerDir {
     /// [`Layer::probe`] of `name` here, answered from the name set where it can be.
     pub fn probe(&self, xwhiteouts: bool, name: &OsStr) -> Result<Probe, Errno> {
         match self.names() {
-            Some(names) if !names.contains_key(name) => {
+            Some(names) if names.get(name).is_none() => {
                 if self.has_aufs_whiteout(name)? {
                     Ok(Probe::Whiteout)
                 } else {
@@ -120,8 +120,8 @@ impl LayerDir {
         }
         match names.get(aufs_whiteout_name(name).as_os_str()) {
             None => Ok(false),
-            Some(&libc::DT_REG) => Ok(true),
-            Some(&libc::DT_UNKNOWN) => Layer::has_aufs_whiteout(&self.dir, name),
+            Some(libc::DT_REG) => Ok(true),
+            Some(libc::DT_UNKNOWN) => Layer::has_aufs_whiteout(&self.dir, name),
             Some(_) => Ok(false),
         }
     }

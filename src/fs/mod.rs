@@ -12,6 +12,7 @@ pub mod layer;
 pub mod marker;
 pub mod merge;
 mod names;
+mod nameset;
 pub mod node;
 mod rename;
 pub mod resolve;
