@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod passthrough;
 mod random_ops;
+mod rootless;
 mod safety;
 mod stress;
 mod view;

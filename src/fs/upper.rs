@@ -132,7 +132,9 @@ impl Upper {
         let work = sub("work")?;
         let index = sub("index")?;
         remove_contents(&work).map_err(|e| format!("cannot clean its 'work' dir: {e}"))?;
-        let root_user = crate::sys::process::euid() == 0;
+        // `trusted.` xattrs need CAP_SYS_ADMIN in the initial user namespace: uid 0 inside a
+        // user namespace (rootless podman) gets EPERM for them.
+        let root_user = crate::sys::process::admin_in_initial_namespace();
         let format = format.unwrap_or_else(|| MarkerFormat::detect(&work, root_user));
         Ok(Upper {
             work,

@@ -1,0 +1,137 @@
+//! Mounts made inside a user namespace, as rootless podman makes them: root there, but
+//! without `CAP_SYS_ADMIN` in the initial namespace, so `trusted.` xattrs are out of reach.
+//! The same operations run on the kernel overlay (`userxattr`) in the same kind of namespace,
+//! and both upper layers are then read back by the kernel overlay from outside.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{self, tree, Layer, Scratch};
+
+/// Mounts an overlay over `lower` at `merged` inside a new user and mount namespace, runs the
+/// operations of a rootless image build on it, unmounts it, and returns what they printed.
+fn build_in_user_namespace(
+    mount: &str,
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> String {
+    let script = r#"
+set -u
+eval "$MOUNT" || { echo "mount failed"; exit 1; }
+cd "$M"
+rm -rf dir && echo "rm dir: $?"
+mkdir dir && echo "mkdir dir: $?"
+echo new > dir/new && echo "write dir/new: $?"
+rm gone && echo "rm gone: $?"
+echo more >> keep && echo "append keep: $?"
+mv keep kept && echo "mv keep: $?"
+ls -a dir
+cd /
+umount "$M" && echo "umount: $?"
+"#;
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+        .env("MOUNT", mount)
+        .env("BIN", util::bin())
+        .env("L", lower)
+        .env("U", upper)
+        .env("W", work)
+        .env("M", merged)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{mount}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn layer() -> Layer {
+    Layer::default()
+        .file("dir/old", "old\n")
+        .file("dir/sub/deep", "deep\n")
+        .file("gone", "gone\n")
+        .file("keep", "keep\n")
+}
+
+#[test]
+fn user_namespace_mount_writes_the_kernels_userxattr_markers() {
+    let s = Scratch::new();
+    for side in ["o", "k"] {
+        layer().write(&s.path(&format!("{side}l")), util::Form::Kernel);
+        for d in ["u", "w", "m"] {
+            s.mkdir(&format!("{side}{d}"));
+        }
+    }
+    let run = |side: &str, mount: &str| {
+        let p = |d: &str| s.path(&format!("{side}{d}"));
+        build_in_user_namespace(mount, &p("l"), &p("u"), &p("w"), &p("m"))
+    };
+    let ours = run(
+        "o",
+        r#""$BIN" -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M""#,
+    );
+    let kernel = run(
+        "k",
+        r#"mount -t overlay overlay -o "lowerdir=$L,upperdir=$U,workdir=$W,userxattr" "$M""#,
+    );
+    assert_eq!(ours, kernel);
+    assert!(ours.contains("mkdir dir: 0"), "{ours}");
+
+    // The upper layers hold device whiteouts and `user.overlay.opaque`, nothing `trusted.`.
+    let upper = tree::snapshot(&s.path("ou"));
+    for (path, entry) in &upper.entries {
+        assert!(
+            entry.xattrs.keys().all(|k| !k.starts_with("trusted.")),
+            "{}: {:?}",
+            path.display(),
+            entry.xattrs
+        );
+    }
+    assert_eq!(upper.entries[Path::new("gone")].kind, 'c');
+    assert_eq!(upper.entries[Path::new("gone")].rdev, 0);
+    assert_eq!(
+        upper.entries[Path::new("dir")]
+            .xattrs
+            .get("user.overlay.opaque"),
+        Some(&b"y".to_vec())
+    );
+
+    // The kernel overlay reads our upper layer as it reads its own.
+    let view = |side: &str| {
+        let p = |d: &str| s.path(&format!("{side}{d}"));
+        let m = s.mkdir(&format!("{side}view"));
+        let data = format!(
+            "lowerdir={}:{},userxattr",
+            p("u").display(),
+            p("l").display()
+        );
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &data])
+            .arg(&m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let guard = util::Mounted { path: m.clone() };
+        let mut t = tree::snapshot_with(&m, true);
+        drop(guard);
+        // Our own bookkeeping (origins, impure marks) is private to us; the kernel shows it.
+        for entry in t.entries.values_mut() {
+            entry.xattrs.retain(|k, _| !k.starts_with("user.overlayfuse."));
+        }
+        t
+    };
+    let (o, k) = (view("o"), view("k"));
+    assert!(o.entries.contains_key(Path::new("dir/new")));
+    assert!(!o.entries.contains_key(Path::new("dir/old")));
+    tree::assert_equal(&o, &k);
+}
