@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::cli::optlist::{split_layers, split_options};
 use crate::cli::MountArgs;
 use crate::error::Error;
-use crate::fs::MarkerFormat;
+use crate::fs::idmap::{self, OneMap};
+use crate::fs::{MarkerFormat, View};
 
 /// Kernel mount flags the user may choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct MountConfig {
     pub timeout: Duration,
     /// Whether open files do their I/O in the kernel, on the layer's file (`passthrough=`).
     pub passthrough: PassthroughMode,
+    /// How objects are shown: id mappings, `static_nlink`, `ino32_t`, `noxattrs`.
+    pub view: View,
 }
 
 /// The `passthrough=` option: FUSE passthrough of reads, writes and mmap of open files.
@@ -125,17 +128,7 @@ const IGNORED_FLAGS: [&str; 19] = [
     "noacl",
 ];
 /// fuse-overlayfs options for rootless set-ups that are not implemented yet.
-const UNSUPPORTED: [&str; 9] = [
-    "uidmapping",
-    "gidmapping",
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
-    "xattr_permissions",
-    "static_nlink",
-    "ino32_t",
-    "noxattrs",
-];
+const UNSUPPORTED: [&str; 1] = ["xattr_permissions"];
 
 #[derive(Default)]
 struct Layers {
@@ -189,6 +182,7 @@ impl MountConfig {
             threads: DEFAULT_THREADS,
             timeout: DEFAULT_TIMEOUT,
             passthrough: PassthroughMode::Auto,
+            view: View::default(),
         };
         for list in &args.options {
             for item in split_options(list)? {
@@ -322,6 +316,47 @@ impl MountConfig {
                     }
                 }
             }
+            "uidmapping" | "gidmapping" => {
+                let v = need(value)?;
+                let ranges = idmap::parse_ranges(&v).map_err(|e| {
+                    Error::usage(format!(
+                        "{key}={v}: {e}: write DISK:SHOWN:LEN triplets, e.g. {key}=0:100000:65536"
+                    ))
+                })?;
+                self.id_map(key).ranges = ranges;
+            }
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = need(value)?;
+                let id = v.parse().map_err(|_| {
+                    Error::usage(format!("{key}={v} is not a numeric id: e.g. {key}=1000"))
+                })?;
+                self.id_map(key).squash = Some(id);
+            }
+            "squash_to_root" => {
+                flag(value)?;
+                // squash_to_uid= and squash_to_gid= win, in whatever order they come.
+                self.view.ids.uids.squash.get_or_insert(0);
+                self.view.ids.gids.squash.get_or_insert(0);
+            }
+            "static_nlink" => {
+                flag(value)?;
+                self.view.static_nlink = true;
+            }
+            "ino32_t" => {
+                flag(value)?;
+                self.view.ino32 = true;
+            }
+            "noxattrs" => {
+                self.view.no_xattrs = match value {
+                    None | Some("1") => true,
+                    Some("0") => false,
+                    Some(_) => {
+                        return Err(Error::usage(
+                            "noxattrs takes 0 or 1: noxattrs=1 turns xattrs off",
+                        ))
+                    }
+                }
+            }
             "userxattr" => {
                 flag(value)?;
                 self.markers.get_or_insert(MarkerFormat::UserXattr);
@@ -349,6 +384,17 @@ impl MountConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl MountConfig {
+    /// The user mapping for a `uid...` option, the group mapping for a `gid...` one.
+    fn id_map(&mut self, key: &str) -> &mut OneMap {
+        if key.contains("uid") {
+            &mut self.view.ids.uids
+        } else {
+            &mut self.view.ids.gids
+        }
     }
 }
 
@@ -419,12 +465,31 @@ mod tests {
             "lowerdir=/a,markers=bogus",
             "lowerdir=/a,passthrough=maybe",
             "lowerdir=/a,passthrough",
-            "lowerdir=/a,uidmapping=0:1:1",
+            "lowerdir=/a,uidmapping=0:1",
+            "lowerdir=/a,gidmapping=0:1:1:0:5:1",
+            "lowerdir=/a,squash_to_uid=x",
+            "lowerdir=/a,squash_to_root=1",
+            "lowerdir=/a,noxattrs=2",
+            "lowerdir=/a,xattr_permissions=2",
         ] {
             let e = MountConfig::from_args(&args(&[bad])).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
             assert!(!e.to_string().contains('\n'), "{bad}");
         }
+    }
+
+    #[test]
+    fn rootless_options_of_fuse_overlayfs_are_read() {
+        let cfg = MountConfig::from_args(&args(&[
+            "lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=7,squash_to_root,static_nlink,ino32_t,noxattrs=1,noacl",
+        ]))
+        .unwrap();
+        let v = &cfg.view;
+        assert_eq!(v.ids.uids.ranges.len(), 2);
+        assert_eq!(v.ids.uids.ranges[1].shown, 100000);
+        assert_eq!(v.ids.gids.ranges.len(), 1);
+        assert_eq!((v.ids.uids.squash, v.ids.gids.squash), (Some(7), Some(0)));
+        assert!(v.static_nlink && v.ino32 && v.no_xattrs);
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
     };
     let writable = upper.is_some();
     let core = Overlay::new(layers, upper)
-        .map_err(|e| Error::invalid(format!("cannot read the layers: {e}")))?;
+        .map_err(|e| Error::invalid(format!("cannot read the layers: {e}")))?
+        .with_view(cfg.view.clone());
     if let Err(e) = process::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }

@@ -27,6 +27,7 @@ echo new > dir/new && echo "write dir/new: $?"
 rm gone && echo "rm gone: $?"
 echo more >> keep && echo "append keep: $?"
 mv keep kept && echo "mv keep: $?"
+echo x 2>&1 >> strange/f | sed 's/.*: //'
 ls -a dir
 cd /
 umount "$M" && echo "umount: $?"
@@ -57,6 +58,12 @@ fn layer() -> Layer {
         .file("dir/sub/deep", "deep\n")
         .file("gone", "gone\n")
         .file("keep", "keep\n")
+        .file_mode(
+            "strange/f",
+            b"in a directory of an id the namespace lacks\n",
+            0o666,
+        )
+        .owner("strange", 4242, 4242)
 }
 
 #[test]
@@ -82,6 +89,10 @@ fn user_namespace_mount_writes_the_kernels_userxattr_markers() {
     );
     assert_eq!(ours, kernel);
     assert!(ours.contains("mkdir dir: 0"), "{ours}");
+    // A copy-up that cannot keep an owner (the parent's, an id the namespace does not map)
+    // fails with EOVERFLOW, on both. (A write to an object of such an id never reaches a
+    // FUSE daemon: the kernel refuses it with EACCES, where its own overlay copies up.)
+    assert!(ours.contains("Value too large"), "{ours}");
 
     // The upper layers hold device whiteouts and `user.overlay.opaque`, nothing `trusted.`.
     let upper = tree::snapshot(&s.path("ou"));
@@ -93,6 +104,7 @@ fn user_namespace_mount_writes_the_kernels_userxattr_markers() {
             entry.xattrs
         );
     }
+    assert!(!upper.entries.contains_key(Path::new("strange")));
     assert_eq!(upper.entries[Path::new("gone")].kind, 'c');
     assert_eq!(upper.entries[Path::new("gone")].rdev, 0);
     assert_eq!(
@@ -126,7 +138,9 @@ fn user_namespace_mount_writes_the_kernels_userxattr_markers() {
         drop(guard);
         // Our own bookkeeping (origins, impure marks) is private to us; the kernel shows it.
         for entry in t.entries.values_mut() {
-            entry.xattrs.retain(|k, _| !k.starts_with("user.overlayfuse."));
+            entry
+                .xattrs
+                .retain(|k, _| !k.starts_with("user.overlayfuse."));
         }
         t
     };

@@ -6,6 +6,7 @@ mod util;
 
 mod cli;
 mod crash;
+mod options;
 mod passthrough;
 mod random_ops;
 mod rootless;

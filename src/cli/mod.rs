@@ -64,7 +64,9 @@ Examples:
 Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, debug,
   threaded=N, timeout=SECONDS, dev, nodev, suid, nosuid, exec, noexec, atime, noatime,
   allow_other, fsync=0|1, volatile, markers=auto|kernel|userxattr|aufs (how whiteouts and
-  opaque dirs are written; userxattr is a synonym of markers=userxattr); options of the kernel
+  opaque dirs are written; userxattr is a synonym of markers=userxattr), passthrough=auto|on|off,
+  uidmapping=DISK:SHOWN:LEN[:...], gidmapping=..., squash_to_root, squash_to_uid=N,
+  squash_to_gid=N, static_nlink, ino32_t, noxattrs (as fuse-overlayfs); options of the kernel
   overlay and of SELinux that do not apply (context=, metacopy=, redirect_dir=, index=, xino=,
   ...) are accepted and ignored. Without -f the command returns once the mount is live.";
 

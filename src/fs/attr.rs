@@ -36,15 +36,16 @@ pub struct Attr {
 }
 
 impl Attr {
-    /// The attributes of the real object `st` shown as merged object `ino`. A directory merged
-    /// from several layers reports one link, as the kernel overlay does: counting its
-    /// subdirectories across layers would make every `stat` cost a listing.
-    pub fn new(ino: u64, kind: FileKind, st: &Stat, merged_dir: bool) -> Attr {
+    /// The attributes of the real object `st` shown as merged object `ino`. With `one_link`
+    /// it reports one link: a directory merged from several layers does, as in the kernel
+    /// overlay (counting its subdirectories across layers would make every `stat` cost a
+    /// listing), and every directory does with `static_nlink`.
+    pub fn new(ino: u64, kind: FileKind, st: &Stat, one_link: bool) -> Attr {
         Attr {
             ino,
             kind,
             perm: (st.mode & 0o7777) as u16,
-            nlink: if merged_dir {
+            nlink: if one_link {
                 1
             } else {
                 st.nlink.min(u32::MAX.into()) as u32

@@ -25,7 +25,12 @@ pub struct Inos {
     devs: Vec<u64>,
     synthetic: DashMap<(u64, u64), u64>,
     next_synthetic: AtomicU64,
+    /// Every number fits in 32 bits (`ino32_t`).
+    ino32: bool,
 }
+
+/// With `ino32_t`, real numbers up to this one are kept; synthetic ones count up from it.
+const INO32_SYNTHETIC: u64 = 0xF000_0000;
 
 impl Inos {
     /// A mapper for layers on the filesystems `devs`; the first is index 0 (the top layer's,
@@ -42,11 +47,22 @@ impl Inos {
             devs,
             synthetic: DashMap::new(),
             next_synthetic: AtomicU64::new(1),
+            ino32: false,
         }
+    }
+
+    /// Makes every number fit in 32 bits: real numbers of the first filesystem below
+    /// 0xF0000000 are kept, every other object gets a synthetic number above it. Past
+    /// 2^28 synthetic numbers they wrap and may repeat (a 32-bit space has no more room).
+    pub fn limit_to_32_bits(&mut self) {
+        self.ino32 = true;
     }
 
     /// The merged number of the real object `(dev, ino)`.
     pub fn id(&self, dev: u64, ino: u64) -> u64 {
+        if self.ino32 {
+            return self.id32(dev, ino);
+        }
         if let Some(fs) = self.devs.iter().position(|d| *d == dev) {
             if ino >> INO_BITS == 0 {
                 let id = ((fs as u64) << INO_BITS) | ino;
@@ -62,9 +78,38 @@ impl Inos {
     }
 }
 
+impl Inos {
+    fn id32(&self, dev: u64, ino: u64) -> u64 {
+        if self.devs.first() == Some(&dev) && ino < INO32_SYNTHETIC && ino != ROOT_ID && ino != 0 {
+            return ino;
+        }
+        *self.synthetic.entry((dev, ino)).or_insert_with(|| {
+            let n = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
+            INO32_SYNTHETIC + n % (u64::from(u32::MAX) - INO32_SYNTHETIC)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ino32_keeps_small_numbers_of_the_first_filesystem_only() {
+        let mut inos = Inos::new([7, 9]);
+        inos.limit_to_32_bits();
+        assert_eq!(inos.id(7, 1234), 1234);
+        let other = inos.id(9, 1234);
+        let big = inos.id(7, 1 << 40);
+        for id in [other, big] {
+            assert!(
+                (INO32_SYNTHETIC..=u64::from(u32::MAX)).contains(&id),
+                "{id:x}"
+            );
+        }
+        assert_ne!(other, big);
+        assert_eq!(inos.id(9, 1234), other);
+    }
 
     #[test]
     fn one_filesystem_keeps_real_numbers() {

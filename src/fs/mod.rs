@@ -8,6 +8,7 @@ mod copyup;
 mod dircache;
 mod handle;
 pub mod ident;
+pub mod idmap;
 pub mod layer;
 pub mod marker;
 pub mod merge;
@@ -33,6 +34,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 pub use attr::Attr;
+pub use idmap::IdMap;
 pub use layer::Layer;
 pub use merge::DirEntry;
 pub use names::NewObject;
@@ -102,6 +104,22 @@ pub struct Overlay {
     invalidator: OnceLock<Invalidator>,
     /// The daemon's effective uid and gid: the owner of what it creates.
     creds: (u32, u32),
+    /// How objects are shown.
+    view: View,
+}
+
+/// How the merged view shows objects: options that change nothing stored in the layers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// Owners as shown versus as stored (`uidmapping=`, `gidmapping=`, `squash_to_*`).
+    pub ids: IdMap,
+    /// Every directory reports one link (`static_nlink`), as merged directories always do.
+    pub static_nlink: bool,
+    /// Every inode number fits in 32 bits (`ino32_t`), for programs built without large
+    /// file support.
+    pub ino32: bool,
+    /// Xattrs are not served (`noxattrs`).
+    pub no_xattrs: bool,
 }
 
 /// A callback dropping the kernel's cached attributes of a node id.
@@ -159,7 +177,17 @@ impl Overlay {
             dir_locks: Stripes::new(),
             invalidator: OnceLock::new(),
             creds: (crate::sys::process::euid(), crate::sys::process::egid()),
+            view: View::default(),
         })
+    }
+
+    /// The same overlay shown as `view` says. Call before the first lookup.
+    pub fn with_view(mut self, view: View) -> Overlay {
+        if view.ino32 {
+            self.inos.limit_to_32_bits();
+        }
+        self.view = view;
+        self
     }
 
     /// Installs the callback that drops the kernel's cached attributes of a node whose
@@ -303,8 +331,11 @@ impl Overlay {
     }
 
     fn attr(&self, node: &Node, st: &Stat) -> Attr {
-        let merged_dir = node.kind == FileKind::Directory && node.chain().len() > 1;
-        let mut a = Attr::new(node.id, node.kind, st, merged_dir);
+        let one_link =
+            node.kind == FileKind::Directory && (node.chain().len() > 1 || self.view.static_nlink);
+        let mut a = Attr::new(node.id, node.kind, st, one_link);
+        a.uid = self.view.ids.uids.shown(st.uid);
+        a.gid = self.view.ids.gids.shown(st.gid);
         if node.is_unlinked() {
             a.nlink = 0;
         }
@@ -495,6 +526,7 @@ impl Overlay {
 
     /// The value of xattr `name` of `ino`; the overlay's own xattrs do not exist here.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        self.xattrs_served()?;
         if marker::is_private_xattr(name.as_bytes()) {
             return Err(Errno::ENODATA);
         }
@@ -508,6 +540,7 @@ impl Overlay {
 
     /// The NUL-separated xattr names of `ino`, the overlay's own left out.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.xattrs_served()?;
         let node = self.nodes.get(ino)?;
         let list = if node.kind == FileKind::Directory {
             self.dir_of(&node)?.xattr_list()?
@@ -516,6 +549,15 @@ impl Overlay {
             dir.child_xattr_list(&child)?
         };
         Ok(marker::visible_xattr_list(&list))
+    }
+
+    /// With `noxattrs`, `ENOSYS` for every xattr request: the kernel then answers
+    /// `EOPNOTSUPP` to programs itself, without asking again.
+    fn xattrs_served(&self) -> Result<(), Errno> {
+        if self.view.no_xattrs {
+            return Err(Errno::ENOSYS);
+        }
+        Ok(())
     }
 
     /// Usage of the filesystem writes go to (the top layer's).

@@ -68,11 +68,12 @@ impl Overlay {
         }
         let parent_st = updir.stat()?;
         let setgid_dir = parent_st.mode & libc::S_ISGID != 0;
-        let uid = caller.uid;
+        // The caller's ids as stored (EOVERFLOW where the id mapping has no room for them).
+        let (uid, caller_gid) = self.view.ids.disk_owner(caller.uid, caller.gid)?;
         let gid = if setgid_dir {
             parent_st.gid
         } else {
-            caller.gid
+            caller_gid
         };
         let mut perm = mode & 0o7777;
         if setgid_dir && matches!(what, NewObject::Dir) {

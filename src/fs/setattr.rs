@@ -4,6 +4,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 
+use super::idmap::OneMap;
 use super::{marker, Attr, Overlay};
 use crate::sys::{io_errno, Errno, FileKind, SetTime};
 
@@ -29,6 +30,7 @@ impl Overlay {
     /// an unlinked file.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr, Errno> {
         self.writable()?;
+        let set = &self.stored_owner(set)?;
         let node = self.nodes.get(ino)?;
         if node.is_unlinked() {
             return self.setattr_open(ino, fh, set);
@@ -46,7 +48,7 @@ impl Overlay {
             let _lock = self.dir_locks.lock(node.id);
             let dir = self.dir_of(&node)?;
             if set.uid.is_some() || set.gid.is_some() {
-                dir.chown(set.uid, set.gid)?;
+                self.owner_change(dir.chown(set.uid, set.gid))?;
             }
             if let Some(mode) = set.mode {
                 dir.chmod(mode)?;
@@ -57,7 +59,7 @@ impl Overlay {
         } else {
             let (dir, name) = self.locate(&node)?;
             if set.uid.is_some() || set.gid.is_some() {
-                dir.chown_child(&name, set.uid, set.gid)?;
+                self.owner_change(dir.chown_child(&name, set.uid, set.gid))?;
             }
             if let Some(mode) = set.mode {
                 dir.chmod_child(&name, mode)?;
@@ -79,6 +81,30 @@ impl Overlay {
         Ok(self.attr(&node, &st))
     }
 
+    /// `set` with its owner as stored in the layers. Under a squash option an owner that
+    /// cannot be stored is dropped (what is shown would not change), as by fuse-overlayfs.
+    fn stored_owner(&self, set: &SetAttr) -> Result<SetAttr, Errno> {
+        let ids = &self.view.ids;
+        let store = |id: Option<u32>, map: &OneMap| match id.map(|id| map.disk(id)).transpose() {
+            Err(_) if ids.squashes() => Ok(None),
+            stored => stored,
+        };
+        Ok(SetAttr {
+            uid: store(set.uid, &ids.uids)?,
+            gid: store(set.gid, &ids.gids)?,
+            ..*set
+        })
+    }
+
+    /// The outcome of an owner change: under a squash option one the layer refuses (a
+    /// rootless daemon's `chown` to an id it has no mapping for) is ignored.
+    fn owner_change(&self, done: Result<(), Errno>) -> Result<(), Errno> {
+        match done {
+            Err(Errno::EPERM | Errno::EINVAL) if self.view.ids.squashes() => Ok(()),
+            done => done,
+        }
+    }
+
     /// setattr of an unlinked file through one of its open descriptors.
     fn setattr_open(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr, Errno> {
         let node = self.nodes.get(ino)?;
@@ -87,7 +113,7 @@ impl Overlay {
             .or_else(|| self.any_handle(ino).and_then(|h| h.writable()))
             .ok_or(Errno::ENOENT)?;
         if set.uid.is_some() || set.gid.is_some() {
-            std::os::unix::fs::fchown(&*f, set.uid, set.gid).map_err(io_errno)?;
+            self.owner_change(std::os::unix::fs::fchown(&*f, set.uid, set.gid).map_err(io_errno))?;
         }
         if let Some(mode) = set.mode {
             f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
@@ -111,11 +137,13 @@ impl Overlay {
     /// Sets xattr `name` of `ino` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`). The overlay's
     /// own xattrs cannot be set (`EOPNOTSUPP`, as on the kernel overlay).
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        self.xattrs_served()?;
         self.change_xattr(ino, name, Some((value, flags)))
     }
 
     /// Removes xattr `name` of `ino`.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+        self.xattrs_served()?;
         self.change_xattr(ino, name, None)
     }
 

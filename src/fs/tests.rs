@@ -229,3 +229,65 @@ fn mkdir_over_a_deleted_dir_is_opaque_and_renaming_a_lower_dir_works() {
     );
     assert_eq!(o.lookup(1, OsStr::new("e")).unwrap_err(), Errno::ENOENT);
 }
+
+#[test]
+fn id_mappings_show_stored_owners_mapped_and_refuse_ids_without_room() {
+    use super::idmap::{parse_ranges, OneMap};
+    use super::{IdMap, SetAttr, View};
+    use std::os::unix::fs::MetadataExt;
+    let (t, o) = writable(MarkerFormat::Kernel, |r| {
+        write(r, "d/f", "x");
+        std::os::unix::fs::lchown(r.join("d/f"), Some(5), Some(6)).unwrap();
+    });
+    let map = OneMap {
+        ranges: parse_ranges("0:100000:65536").unwrap(),
+        squash: None,
+    };
+    let o = o.with_view(View {
+        ids: IdMap {
+            uids: map.clone(),
+            gids: map,
+        },
+        static_nlink: true,
+        ..View::default()
+    });
+    let (d, _) = o.lookup(1, OsStr::new("d")).unwrap();
+    assert_eq!(d.nlink, 1, "static_nlink");
+    let (f, _) = o.lookup(d.ino, OsStr::new("f")).unwrap();
+    assert_eq!((f.uid, f.gid), (100005, 100006));
+
+    let inside = Caller {
+        uid: 100001,
+        gid: 100002,
+    };
+    let (made, _, _) = o
+        .make(d.ino, OsStr::new("new"), NewObject::Dir, 0o755, inside)
+        .unwrap();
+    assert_eq!((made.uid, made.gid), (100001, 100002));
+    let st = std::fs::metadata(t.path().join("upper/d/new")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (1, 2));
+    let outside = Caller { uid: 7, gid: 7 };
+    assert_eq!(
+        o.make(d.ino, OsStr::new("x"), NewObject::Dir, 0o755, outside)
+            .unwrap_err(),
+        Errno::EOVERFLOW
+    );
+
+    let chown = |uid| SetAttr {
+        uid: Some(uid),
+        ..SetAttr::default()
+    };
+    assert_eq!(o.setattr(f.ino, None, &chown(100010)).unwrap().uid, 100010);
+    assert_eq!(
+        std::fs::metadata(t.path().join("upper/d/f")).unwrap().uid(),
+        10
+    );
+    assert_eq!(
+        o.setattr(f.ino, None, &chown(0)).unwrap_err(),
+        Errno::EOVERFLOW
+    );
+    assert_eq!(
+        std::fs::metadata(t.path().join("upper/d/f")).unwrap().uid(),
+        10
+    );
+}

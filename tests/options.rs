@@ -1,0 +1,166 @@
+//! Options of fuse-overlayfs that rootless set-ups and podman use to change how objects are
+//! shown: `uidmapping=`, `gidmapping=`, `squash_to_*`, `static_nlink`, `ino32_t`, `noxattrs`.
+//! They have no kernel overlay counterpart, so each is checked against the layers on disk.
+
+use std::fs;
+use std::os::unix::fs::{chown, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{self, errno, tree, Form, Layer, Scratch};
+
+fn owner(p: &Path) -> (u32, u32) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// Creates the empty file `path` as `uid:gid` (a process inside a container with that
+/// mapping).
+fn create_as(uid: u32, gid: u32, path: &Path) -> bool {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "sh", "-c", ": > \"$0\""])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn id_mappings_show_stored_owners_mapped_and_store_given_owners_unmapped() {
+    let s = Scratch::new();
+    Layer::default()
+        .file("root-file", "r")
+        .file("user-file", "u")
+        .owner("user-file", 5, 6)
+        .file("stranger", "s")
+        .owner("stranger", 70000, 70000)
+        .dir_mode("shared", 0o777)
+        .write(&s.path("l"), Form::Ours);
+    let (u, w, m) = (s.mkdir("u"), s.mkdir("w"), s.mkdir("m"));
+    let map = "0:100000:65536";
+    let _mnt = util::mount_ours_rw(
+        &[s.path("l")],
+        &u,
+        &w,
+        &m,
+        &format!("uidmapping={map},gidmapping={map}"),
+    );
+    println!("stored 0:0, 5:6 and 70000:70000 with the mapping {map}");
+    assert_eq!(owner(&m.join("root-file")), (100000, 100000));
+    assert_eq!(owner(&m.join("user-file")), (100005, 100006));
+    assert_eq!(owner(&m.join("stranger")), (65534, 65534));
+
+    println!("a process running as 100001:100002 creates a file; it is stored as 1:2");
+    assert!(create_as(100001, 100002, &m.join("shared/mine")));
+    assert_eq!(owner(&m.join("shared/mine")), (100001, 100002));
+    assert_eq!(owner(&u.join("shared/mine")), (1, 2));
+
+    println!("root (unmapped) creating or chowning to an unmapped id gets EOVERFLOW");
+    assert_eq!(
+        fs::write(m.join("new"), "x").map_err(errno),
+        Err(libc::EOVERFLOW)
+    );
+    assert!(!u.join("new").exists());
+    assert_eq!(
+        chown(m.join("root-file"), Some(7), None).map_err(errno),
+        Err(libc::EOVERFLOW)
+    );
+    chown(m.join("user-file"), Some(100010), Some(100011)).unwrap();
+    assert_eq!(owner(&m.join("user-file")), (100010, 100011));
+    assert_eq!(owner(&u.join("user-file")), (10, 11));
+    assert_eq!(owner(&s.path("l/user-file")), (5, 6), "lower untouched");
+}
+
+#[test]
+fn squash_shows_every_owner_as_one_and_ignores_owner_changes() {
+    let s = Scratch::new();
+    Layer::default()
+        .file("a", "a")
+        .owner("a", 5, 6)
+        .dir_mode("shared", 0o777)
+        .write(&s.path("l"), Form::Ours);
+    let (u, w, m) = (s.mkdir("u"), s.mkdir("w"), s.mkdir("m"));
+    let _mnt = util::mount_ours_rw(
+        &[s.path("l")],
+        &u,
+        &w,
+        &m,
+        "uidmapping=0:100000:65536,gidmapping=0:100000:65536,squash_to_uid=1000,squash_to_root",
+    );
+    println!("squash_to_uid=1000 with squash_to_root: uid 1000, gid 0 for all");
+    assert_eq!(owner(&m.join("a")), (1000, 0));
+    assert_eq!(owner(&m), (1000, 0));
+    assert!(create_as(100001, 100002, &m.join("shared/b")));
+    assert_eq!(owner(&m.join("shared/b")), (1000, 0));
+    assert_eq!(owner(&u.join("shared/b")), (1, 2));
+    println!("an owner that cannot be stored is ignored, as by fuse-overlayfs");
+    chown(m.join("a"), Some(7), Some(7)).unwrap();
+    assert_eq!(owner(&u.join("a")), (5, 6));
+    chown(m.join("a"), Some(100009), None).unwrap();
+    assert_eq!(owner(&u.join("a")), (9, 6));
+}
+
+#[test]
+fn ino32_static_nlink_and_noxattrs_change_only_what_is_shown() {
+    let s = Scratch::new();
+    // The second lower on another filesystem: its numbers carry a filesystem index in the
+    // high bits unless ino32_t folds them below 2^32.
+    let shm = tempfile::Builder::new()
+        .prefix("ofs-ino32")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let top = Layer::default()
+        .dir("d/sub1")
+        .dir("d/sub2")
+        .file("d/f", "f")
+        .xattr("d/f", "user.note", "n");
+    let bottom = Layer::default().file("low/g", "g").dir("low/sub");
+    top.write(&s.path("l1"), Form::Ours);
+    bottom.write(shm.path(), Form::Ours);
+    let lowers = [s.path("l1"), shm.path().to_owned()];
+
+    let plain = util::mount_ours(&lowers, &s.mkdir("plain"));
+    let tree = tree::snapshot(&plain.path);
+    assert!(tree.inos.values().any(|ino| *ino > u64::from(u32::MAX)));
+    assert_eq!(tree.entries[Path::new("d")].nlink, 4);
+    assert_eq!(
+        tree.entries[Path::new("d/f")].xattrs.get("user.note"),
+        Some(&b"n".to_vec())
+    );
+    drop(plain);
+
+    let m = s.mkdir("m");
+    let _mnt = util::mount_ours_with(&lowers, &m, "ino32_t,static_nlink,noxattrs");
+    let tree = tree::snapshot(&m);
+    println!("ino32_t: every st_ino and d_ino below 2^32, still distinct");
+    let mut seen = std::collections::BTreeSet::new();
+    for (path, ino) in &tree.inos {
+        assert!(*ino <= u64::from(u32::MAX), "{}: {ino:#x}", path.display());
+        assert!(seen.insert(*ino), "{}: {ino} repeats", path.display());
+        assert!(tree.entries[path].dirent_agrees, "{}", path.display());
+    }
+    println!("static_nlink: directories report one link");
+    assert_eq!(tree.entries[Path::new("d")].nlink, 1);
+    assert_eq!(tree.entries[Path::new("low/sub")].nlink, 1);
+    assert_eq!(tree.entries[Path::new("d/f")].nlink, 1);
+    println!("noxattrs: xattr calls fail with EOPNOTSUPP");
+    assert!(tree.entries[Path::new("d/f")].xattrs.is_empty());
+    let c = std::ffi::CString::new(m.join("d/f").to_str().unwrap()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated path and name; the buffer is writable for its length.
+    let r = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"user.note".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+}
