@@ -57,12 +57,11 @@ fn id_mappings_show_stored_owners_mapped_and_store_given_owners_unmapped() {
     assert_eq!(owner(&m.join("shared/mine")), (100001, 100002));
     assert_eq!(owner(&u.join("shared/mine")), (1, 2));
 
-    println!("root (unmapped) creating or chowning to an unmapped id gets EOVERFLOW");
-    assert_eq!(
-        fs::write(m.join("new"), "x").map_err(errno),
-        Err(libc::EOVERFLOW)
-    );
-    assert!(!u.join("new").exists());
+    println!("a file root (unmapped) creates is stored as nobody's (65534), shown mapped");
+    fs::write(m.join("new"), "x").unwrap();
+    assert_eq!(owner(&u.join("new")), (65534, 65534));
+    assert_eq!(owner(&m.join("new")), (165534, 165534));
+    println!("chown to an unmapped id gets EOVERFLOW and changes nothing");
     assert_eq!(
         chown(m.join("root-file"), Some(7), None).map_err(errno),
         Err(libc::EOVERFLOW)

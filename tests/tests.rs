@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod options;
 mod passthrough;
+mod podman;
 mod random_ops;
 mod rootless;
 mod safety;

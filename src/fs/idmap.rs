@@ -3,9 +3,12 @@
 //! `squash_to_*` options, which podman passes for containers with their own id mapping).
 //!
 //! A range `DISK:SHOWN:LEN` shows the stored ids `DISK..DISK+LEN` as `SHOWN..SHOWN+LEN`. A
-//! stored id outside every range is shown as the kernel's overflow id (65534); an id given to
-//! the mount (a creator, a `chown`) outside every range is refused with `EOVERFLOW` rather
-//! than stored as some other owner. Squashing changes only what is shown.
+//! stored id outside every range is shown as the kernel's overflow id (65534). A `chown` to an
+//! id outside every range is refused with `EOVERFLOW` rather than stored as some other owner;
+//! an object made by a process whose id no range covers (podman itself, as host root, makes
+//! `/etc/mtab` in a mapped container) is stored as owned by the overflow id, "nobody", as by
+//! fuse-overlayfs and as the kernel shows a host-owned file inside a user namespace.
+//! Squashing changes only what is shown.
 
 use crate::sys::Errno;
 
@@ -24,10 +27,12 @@ pub struct IdRange {
 pub const OVERFLOW_ID: u32 = 65534;
 
 /// Parses a mapping `DISK:SHOWN:LEN[:DISK:SHOWN:LEN...]` (fuse-overlayfs's syntax: triplets
-/// joined by `:`, since `,` separates mount options). Ranges must not overlap on either side.
+/// joined by `:`, since `,` separates mount options; podman writes a `:` before each
+/// triplet, so empty fields are skipped). Ranges must not overlap on either side.
 pub fn parse_ranges(value: &str) -> Result<Vec<IdRange>, String> {
     let fields = value
         .split(':')
+        .filter(|f| !f.is_empty())
         .map(|f| f.parse::<u32>().map_err(|_| format!("'{f}' is not an id")))
         .collect::<Result<Vec<u32>, String>>()?;
     if fields.is_empty() || fields.len() % 3 != 0 {
@@ -122,9 +127,13 @@ impl IdMap {
         self.uids.squash.is_some() || self.gids.squash.is_some()
     }
 
-    /// The stored `(uid, gid)` for ids given to the mount.
-    pub fn disk_owner(&self, uid: u32, gid: u32) -> Result<(u32, u32), Errno> {
-        Ok((self.uids.disk(uid)?, self.gids.disk(gid)?))
+    /// The stored `(uid, gid)` of an object made by a process with these ids: the overflow
+    /// id for one no range covers.
+    pub fn creator(&self, uid: u32, gid: u32) -> (u32, u32) {
+        (
+            self.uids.disk(uid).unwrap_or(OVERFLOW_ID),
+            self.gids.disk(gid).unwrap_or(OVERFLOW_ID),
+        )
     }
 }
 
@@ -135,6 +144,7 @@ mod tests {
     #[test]
     fn ranges_parse_as_fuse_overlayfs_writes_them() {
         let r = parse_ranges("0:100000:1:1:200000:65535").unwrap();
+        assert_eq!(parse_ranges(":0:100000:1:1:200000:65535").unwrap(), r);
         assert_eq!(
             r,
             vec![
@@ -155,7 +165,7 @@ mod tests {
             "0:1",
             "0:1:0",
             "a:1:1",
-            "0:1:1:",
+            "0:1:1:1",
             "0:0:10:5:20:1",
             "4294967295:0:2",
         ] {
@@ -191,6 +201,15 @@ mod tests {
             gids: OneMap::default(),
         };
         assert!(map.squashes() && !map.is_identity());
+        let mapped = IdMap {
+            uids: OneMap {
+                ranges: parse_ranges("0:100000:10").unwrap(),
+                squash: None,
+            },
+            gids: OneMap::default(),
+        };
+        assert_eq!(mapped.creator(100003, 5), (3, 5));
+        assert_eq!(mapped.creator(0, 5), (OVERFLOW_ID, 5));
         assert!(IdMap::default().is_identity());
     }
 }

@@ -68,8 +68,8 @@ impl Overlay {
         }
         let parent_st = updir.stat()?;
         let setgid_dir = parent_st.mode & libc::S_ISGID != 0;
-        // The caller's ids as stored (EOVERFLOW where the id mapping has no room for them).
-        let (uid, caller_gid) = self.view.ids.disk_owner(caller.uid, caller.gid)?;
+        // The caller's ids as stored (the overflow id where the id mapping lacks them).
+        let (uid, caller_gid) = self.view.ids.creator(caller.uid, caller.gid);
         let gid = if setgid_dir {
             parent_st.gid
         } else {

@@ -1,0 +1,514 @@
+//! podman with overlayfuse as its storage `mount_program`, as root and rootless: import, run,
+//! exec, diff, commit, a multi-stage build, save/rmi/load, and two containers of one image.
+//! Every image tree is compared with the same commands run in a plain host copy (chroot), and
+//! with what podman's own kernel overlay driver makes of the same steps.
+//!
+//! Needs podman, runc, uidmap and busybox-static (`.ci/run` installs them); a missing tool
+//! fails the test.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::util::tree::{self, Entry};
+
+/// The unprivileged user the rootless flow runs as (created if missing).
+const USER: &str = "ofs-rootless";
+
+/// Build steps of the first stage: each is one `RUN` and, for the reference, one chroot.
+const FIRST: [&str; 4] = [
+    "rm -rf /base/gone /base/rmfile && rm -rf /base/redo && mkdir -p /base/redo/new && echo fresh > /base/redo/new/file",
+    "sed -i s/orig/changed/ /base/edit && echo line2 >> /base/app && chmod 640 /base/app && chown 1000:1000 /base/keep/a",
+    "mv /base/movedir /base/moved && ln /base/keep/a /base/keep/hard && ln -s ../keep/a /base/redo/sym && setfattr -n user.test -v hello /base/edit",
+    "echo artifact > /artifact && mkdir /built && echo b > /built/b && mkdir -p /base/moved/inner/more && echo m2 > /base/moved/inner/more/f && echo l > /base/l1 && ln /base/l1 /base/l2",
+];
+/// The last stage's step, after `COPY --from=first /artifact /built /opt/`.
+const LAST: &str = "rm -rf /base/keep && mkdir /base/keep && echo again > /base/keep/b";
+/// What a running container changes before `podman diff` and `commit`.
+const CHANGES: &str = "rm /base/rmfile && rm -rf /base/gone && mkdir /base/gone && echo n > /base/gone/n && echo add > /new && echo mod >> /base/app && chmod 700 /base/redo";
+
+fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn need_tools() {
+    for tool in ["podman", "runc", "newuidmap", "busybox"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(
+            found,
+            "{tool} is missing: apt-get install podman runc uidmap busybox-static (.ci/run does)"
+        );
+    }
+}
+
+/// A podman storage: ours (`mount_program`) or the kernel overlay driver, root or rootless.
+struct Store {
+    dir: PathBuf,
+    user: Option<u32>,
+    program: Option<PathBuf>,
+}
+
+impl Store {
+    fn new(dir: PathBuf, user: Option<u32>, program: Option<PathBuf>) -> Store {
+        fs::create_dir_all(dir.join("run")).unwrap();
+        fs::write(
+            dir.join("containers.conf"),
+            "[containers]\ndefault_ulimits = []\n[engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"runc\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        if let Some(uid) = user {
+            fs::create_dir_all(dir.join("home")).unwrap();
+            sh(Command::new("chown")
+                .arg("-R")
+                .arg(uid.to_string())
+                .arg(&dir));
+            let xdg = format!("/run/user/{uid}");
+            fs::create_dir_all(&xdg).unwrap();
+            sh(Command::new("chown").arg(uid.to_string()).arg(&xdg));
+        }
+        Store { dir, user, program }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = match self.user {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--init-groups")
+                    .arg("podman")
+                    .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"))
+                    .env("HOME", self.dir.join("home"));
+                c
+            }
+            None => Command::new("podman"),
+        };
+        c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args(["--storage-driver", "overlay"]);
+        if let Some(p) = &self.program {
+            c.arg("--storage-opt")
+                .arg(format!("overlay.mount_program={}", p.display()));
+        }
+        c.current_dir(&self.dir);
+        c
+    }
+
+    /// Runs podman with `args`; its stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let out = sh(self.command().args(args));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// The base image: busybox, setfattr and a tree the steps change.
+fn base_rootfs(dir: &Path) {
+    for d in [
+        "bin",
+        "etc",
+        "tmp",
+        "usr/bin",
+        "lib/x86_64-linux-gnu",
+        "lib64",
+        "base/keep",
+        "base/gone/sub",
+        "base/redo",
+        "base/movedir/inner",
+    ] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for app in [
+        "sh", "ls", "cat", "echo", "rm", "mkdir", "mv", "chmod", "chown", "ln", "sed", "sleep",
+        "true", "id",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(app)).unwrap();
+    }
+    for (from, to) in [
+        ("/usr/bin/setfattr", "usr/bin/setfattr"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+    ] {
+        fs::copy(from, dir.join(to)).unwrap();
+    }
+    for (path, content) in [
+        ("etc/motd", "hello\n"),
+        ("base/keep/a", "keep\n"),
+        ("base/gone/sub/x", "gone\n"),
+        ("base/redo/old", "old\n"),
+        ("base/movedir/inner/f", "m\n"),
+        ("base/edit", "orig\n"),
+        ("base/app", "line1\n"),
+        ("base/rmfile", "rm\n"),
+    ] {
+        fs::write(dir.join(path), content).unwrap();
+    }
+    fs::set_permissions(dir.join("base/app"), fs::Permissions::from_mode(0o600)).unwrap();
+    sh(Command::new("chown").arg("7:7").arg(dir.join("base/redo")));
+}
+
+fn containerfile() -> String {
+    let mut f = String::from("FROM base:1 AS first\n");
+    for step in FIRST {
+        f += &format!("RUN {step}\n");
+    }
+    f += &format!("\nFROM base:1\nCOPY --from=first /artifact /built /opt/\nRUN {LAST}\n");
+    f
+}
+
+/// The reference trees: the same steps run by chroot in plain copies of the base.
+fn reference(work: &Path, base: &Path) -> BTreeMap<&'static str, PathBuf> {
+    let copy = |name: &str, from: &Path| {
+        let to = work.join(name);
+        sh(Command::new("cp").arg("-a").arg(from).arg(&to));
+        to
+    };
+    let chroot = |root: &Path, step: &str| {
+        sh(Command::new("chroot")
+            .arg(root)
+            .args(["/bin/sh", "-c", step]));
+    };
+    let first = copy("ref-first", base);
+    for step in FIRST {
+        chroot(&first, step);
+    }
+    let last = copy("ref-last", base);
+    fs::create_dir_all(last.join("opt")).unwrap();
+    sh(Command::new("cp")
+        .arg("-a")
+        .arg(first.join("artifact"))
+        .arg(first.join("built/b"))
+        .arg(last.join("opt")));
+    chroot(&last, LAST);
+    let changed = copy("ref-changed", base);
+    chroot(&changed, CHANGES);
+    BTreeMap::from([("first", first), ("last", last), ("changed", changed)])
+}
+
+/// Files hard-linked by a RUN step to a file of an earlier layer. podman diffs the layers of
+/// a mount program by walking two mounted trees, and a link adds no change it looks for to
+/// the earlier name, so the layer holds only the new name, as a plain file: the image has
+/// two files of one link each. The kernel driver reads its upper dir and keeps the link.
+/// fuse-overlayfs gives the same as we do (checked by hand with 1.10).
+const LINKED_ACROSS_LAYERS: [&str; 2] = ["base/keep/a", "base/keep/hard"];
+
+/// What is compared of an image entry: all but times, directory link counts and the link
+/// counts of [`LINKED_ACROSS_LAYERS`]; contents by length and digest.
+fn comparable(t: &tree::Tree) -> BTreeMap<PathBuf, Entry> {
+    t.entries
+        .iter()
+        .map(|(p, e)| {
+            let mut e = e.clone();
+            e.mtime = (0, 0);
+            if e.kind == 'd' || LINKED_ACROSS_LAYERS.iter().any(|l| p == Path::new(l)) {
+                e.nlink = 0;
+            }
+            e.content = e.content.map(|c| {
+                let digest = c.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                });
+                format!("{} bytes, fnv {digest:016x}", c.len()).into_bytes()
+            });
+            (p.clone(), e)
+        })
+        .collect()
+}
+
+/// Paths podman adds to every image it builds or commits: mount points of its own (empty).
+const PODMAN_SCAFFOLD: [&str; 8] = [
+    "etc/mtab",
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+];
+
+fn differences(
+    what: &str,
+    got: &BTreeMap<PathBuf, Entry>,
+    want: &BTreeMap<PathBuf, Entry>,
+    scaffold: bool,
+) -> Vec<String> {
+    let skip = |p: &Path| scaffold && PODMAN_SCAFFOLD.iter().any(|s| p.starts_with(s));
+    let mut out = Vec::new();
+    for (p, w) in want.iter().filter(|(p, _)| !skip(p)) {
+        match got.get(p) {
+            None => out.push(format!("{what}: {} missing", p.display())),
+            Some(g) if g != w => out.push(format!(
+                "{what}: {}\n   image {g:?}\n   want  {w:?}",
+                p.display()
+            )),
+            Some(_) => {}
+        }
+    }
+    for p in got.keys().filter(|p| !skip(p) && !want.contains_key(*p)) {
+        out.push(format!("{what}: {} should not be there", p.display()));
+    }
+    out
+}
+
+/// The tree of `image` of `from`, as the kernel overlay driver shows it: mounted in `from`
+/// where it is that driver's store (`kernel` `None`), else after a `podman save` from `from`
+/// and a `podman load` into `kernel`.
+fn image_tree(from: &Store, image: &str, kernel: Option<&Store>, scratch: &Path) -> tree::Tree {
+    let Some(kernel) = kernel else {
+        let mnt = PathBuf::from(from.run(&["image", "mount", image]));
+        let t = tree::snapshot(&mnt);
+        from.run(&["image", "unmount", image]);
+        return t;
+    };
+    // Saved by id, so the archive carries no name that could meet one of `kernel`'s.
+    let id = from.run(&["image", "inspect", "--format", "{{.Id}}", image]);
+    let archive = scratch.join(format!("{id}.tar"));
+    let _ = fs::remove_file(&archive);
+    from.run(&["save", "-q", "-o", archive.to_str().unwrap(), &id]);
+    kernel.run(&["load", "-q", "-i", archive.to_str().unwrap()]);
+    let mnt = PathBuf::from(kernel.run(&["image", "mount", &id]));
+    let t = tree::snapshot(&mnt);
+    kernel.run(&["image", "unmount", &id]);
+    kernel.run(&["rmi", "-f", &id]);
+    t
+}
+
+/// Gives `USER` (made if missing) subordinate ids and access to /dev/fuse, as a rootless
+/// set-up has them (Debian's udev leaves /dev/fuse 0666; this machine's is 0600).
+fn rootless_user() -> u32 {
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        sh(Command::new("useradd").args(["--no-create-home", "--shell", "/bin/sh", USER]));
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+            fs::write(file, format!("{text}{USER}:300000:65536\n")).unwrap();
+        }
+    }
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    let out = sh(Command::new("id").args(["-u", USER]));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// What a flow saw: `podman diff` of the changed container, and the image trees.
+struct Seen {
+    diff: Vec<String>,
+    images: BTreeMap<&'static str, BTreeMap<PathBuf, Entry>>,
+}
+
+/// `podman diff` of the changed container as every mount program gets it: podman walks the
+/// container's and the image's mounted trees (its kernel driver reads the upper dir instead
+/// and reports `/base/gone` deleted and then added, never its old child).
+const MOUNT_PROGRAM_DIFF: [&str; 9] = [
+    "A /base/gone/n",
+    "A /new",
+    "C /base",
+    "C /base/app",
+    "C /base/gone",
+    "C /base/redo",
+    "C /etc",
+    "D /base/gone/sub",
+    "D /base/rmfile",
+];
+
+/// The whole flow on store `s`; trees are read through `kernel`, a root store of podman's
+/// kernel overlay driver (`None`: this is that store).
+fn flow(label: &str, s: &Store, kernel: Option<&Store>, work: &Path) -> Seen {
+    let mut images = BTreeMap::new();
+    println!("[{label}] podman import of the base rootfs");
+    s.run(&[
+        "import",
+        "-q",
+        work.join("base.tar").to_str().unwrap(),
+        "base:1",
+    ]);
+
+    println!(
+        "[{label}] podman build: {} RUN steps, COPY --from, one more RUN",
+        FIRST.len()
+    );
+    s.run(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "--target",
+        "first",
+        "-t",
+        "first:1",
+        ".",
+    ]);
+    s.run(&["build", "-q", "--network", "none", "-t", "last:1", "."]);
+
+    println!("[{label}] run, exec and diff of a container of the base image");
+    let ctr = s.run(&["run", "-d", "--network", "none", "base:1", "sleep", "600"]);
+    s.run(&["exec", &ctr, "sh", "-c", CHANGES]);
+    let mut diff: Vec<String> = s.run(&["diff", &ctr]).lines().map(str::to_owned).collect();
+    diff.sort();
+    println!("[{label}] commit of that container");
+    s.run(&["commit", "-q", &ctr, "changed:1"]);
+    s.run(&["rm", "-f", "-t", "0", &ctr]);
+
+    println!("[{label}] two containers of one image do not see each other's writes");
+    let c1 = s.run(&["run", "-d", "--network", "none", "last:1", "sleep", "600"]);
+    let c2 = s.run(&["run", "-d", "--network", "none", "last:1", "sleep", "600"]);
+    s.run(&[
+        "exec",
+        &c1,
+        "sh",
+        "-c",
+        "echo one > /opt/artifact && rm /base/edit",
+    ]);
+    s.run(&["exec", &c2, "sh", "-c", "echo two > /new"]);
+    let c1_sees = s.run(&[
+        "exec",
+        &c1,
+        "sh",
+        "-c",
+        "cat /opt/artifact; ls /new 2>&1; cat /base/edit 2>&1; true",
+    ]);
+    let c2_sees = s.run(&["exec", &c2, "sh", "-c", "cat /opt/artifact /new /base/edit"]);
+    assert_eq!(c2_sees, "artifact\ntwo\norig", "[{label}] container 2 sees");
+    assert!(
+        c1_sees.starts_with("one\n") && !c1_sees.contains("two"),
+        "[{label}] {c1_sees}"
+    );
+    s.run(&["rm", "-f", "-t", "0", &c1, &c2]);
+
+    for image in ["first:1", "last:1", "changed:1"] {
+        let t = image_tree(s, image, kernel, work);
+        images.insert(image, comparable(&t));
+    }
+    println!("[{label}] save, rmi, load: the image comes back the same");
+    let archive = work.join(format!("{label}-roundtrip.tar"));
+    s.run(&["save", "-o", archive.to_str().unwrap(), "last:1"]);
+    s.run(&["rmi", "last:1"]);
+    s.run(&["load", "-q", "-i", archive.to_str().unwrap()]);
+    let again = comparable(&image_tree(s, "last:1", kernel, work));
+    let changed = differences("after load", &again, &images["last:1"], false);
+    assert!(changed.is_empty(), "[{label}] {}", changed.join("\n"));
+    let out = s.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "last:1",
+        "cat",
+        "/opt/artifact",
+        "/base/keep/b",
+    ]);
+    assert_eq!(
+        out, "artifact\nagain",
+        "[{label}] a container of the loaded image"
+    );
+    Seen { diff, images }
+}
+
+#[test]
+fn podman_mount_program_root_and_rootless() {
+    need_tools();
+    let scratch = tempfile::Builder::new()
+        .prefix("ofs-pm")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let work = scratch.path();
+    fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy every user may run (the build tree may not be reachable by the rootless user).
+    let program = work.join("overlayfuse");
+    fs::copy(crate::util::bin(), &program).unwrap();
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let base = work.join("base");
+    base_rootfs(&base);
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&base)
+        .arg("-cf")
+        .arg(work.join("base.tar"))
+        .arg("."));
+    fs::write(work.join("Containerfile"), containerfile()).unwrap();
+    let refs = reference(work, &base);
+    let uid = rootless_user();
+    for d in ["k", "o", "r"] {
+        let dir = work.join(d);
+        fs::create_dir_all(&dir).unwrap();
+        fs::copy(work.join("Containerfile"), dir.join("Containerfile")).unwrap();
+        fs::copy(work.join("base.tar"), dir.join("base.tar")).unwrap();
+    }
+
+    let kernel = Store::new(work.join("k"), None, None);
+    let ours = Store::new(work.join("o"), None, Some(program.clone()));
+    let rootless = Store::new(work.join("r"), Some(uid), Some(program.clone()));
+    let k = flow("kernel driver, root", &kernel, None, &work.join("k"));
+    println!(
+        "[kernel driver] diff of the changed container: {:?}",
+        k.diff
+    );
+    let mut failures = Vec::new();
+    for (label, store) in [
+        ("overlayfuse, root", &ours),
+        ("overlayfuse, rootless", &rootless),
+    ] {
+        let o = flow(label, store, Some(&kernel), &store.dir);
+        for (image, name) in [
+            ("first:1", "first"),
+            ("last:1", "last"),
+            ("changed:1", "changed"),
+        ] {
+            println!("[{label}] {image}: compared with the same steps in a host copy ({name})");
+            let want = comparable(&tree::snapshot(&refs[name]));
+            failures.extend(differences(
+                &format!("[{label}] {image} vs host copy"),
+                &o.images[image],
+                &want,
+                true,
+            ));
+        }
+        println!("[{label}] podman diff: compared with what podman's tree walk must report");
+        if o.diff != MOUNT_PROGRAM_DIFF {
+            failures.push(format!("[{label}] podman diff: {:?}", o.diff));
+        }
+        for (image, want) in &k.images {
+            println!("[{label}] {image}: compared with podman's kernel overlay driver");
+            failures.extend(differences(
+                &format!("[{label}] {image}"),
+                &o.images[image],
+                want,
+                false,
+            ));
+        }
+    }
+
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for s in [&rootless, &ours, &kernel] {
+        let _ = s.command().args(["rm", "-a", "-f", "-t", "0"]).output();
+        let _ = s.command().args(["system", "reset", "-f"]).output();
+    }
+}
