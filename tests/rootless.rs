@@ -123,17 +123,7 @@ fn user_namespace_mount_writes_the_kernels_userxattr_markers() {
             p("u").display(),
             p("l").display()
         );
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &data])
-            .arg(&m)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let guard = util::Mounted { path: m.clone() };
+        let guard = util::kernel_overlay(&data, libc::MS_RDONLY, &m);
         let mut t = tree::snapshot_with(&m, true);
         drop(guard);
         // Our own bookkeeping (origins, impure marks) is private to us; the kernel shows it.

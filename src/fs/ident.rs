@@ -60,33 +60,29 @@ impl Inos {
 
     /// The merged number of the real object `(dev, ino)`.
     pub fn id(&self, dev: u64, ino: u64) -> u64 {
-        if self.ino32 {
-            return self.id32(dev, ino);
-        }
-        if let Some(fs) = self.devs.iter().position(|d| *d == dev) {
-            if ino >> INO_BITS == 0 {
-                let id = ((fs as u64) << INO_BITS) | ino;
-                if id != ROOT_ID && id != 0 {
-                    return id;
-                }
-            }
+        if let Some(id) = self.kept(dev, ino) {
+            return id;
         }
         *self.synthetic.entry((dev, ino)).or_insert_with(|| {
             let n = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
-            (SYNTHETIC_FS << INO_BITS) | n
+            if self.ino32 {
+                INO32_SYNTHETIC + n % (u64::from(u32::MAX) - INO32_SYNTHETIC)
+            } else {
+                (SYNTHETIC_FS << INO_BITS) | n
+            }
         })
     }
-}
 
-impl Inos {
-    fn id32(&self, dev: u64, ino: u64) -> u64 {
-        if self.devs.first() == Some(&dev) && ino < INO32_SYNTHETIC && ino != ROOT_ID && ino != 0 {
-            return ino;
-        }
-        *self.synthetic.entry((dev, ino)).or_insert_with(|| {
-            let n = self.next_synthetic.fetch_add(1, Ordering::Relaxed);
-            INO32_SYNTHETIC + n % (u64::from(u32::MAX) - INO32_SYNTHETIC)
-        })
+    /// The number made from the real one, where it fits: packed with the filesystem index,
+    /// or with `ino32_t` as it is (first filesystem, below [`INO32_SYNTHETIC`]).
+    fn kept(&self, dev: u64, ino: u64) -> Option<u64> {
+        let fs = self.devs.iter().position(|d| *d == dev)? as u64;
+        let id = if self.ino32 {
+            (fs == 0 && ino < INO32_SYNTHETIC).then_some(ino)?
+        } else {
+            (ino >> INO_BITS == 0).then_some((fs << INO_BITS) | ino)?
+        };
+        (id != ROOT_ID && id != 0).then_some(id)
     }
 }
 

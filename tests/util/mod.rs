@@ -167,8 +167,9 @@ pub fn mount_kernel_rw(
     kernel_overlay(&data, 0, mountpoint)
 }
 
-/// mount(2) of the kernel overlay with option string `data` and mount `flags`.
-fn kernel_overlay(data: &str, flags: libc::c_ulong, mountpoint: &Path) -> Mounted {
+/// mount(2) of the kernel overlay with option string `data` and mount `flags`; unmounted when
+/// the result is dropped.
+pub fn kernel_overlay(data: &str, flags: libc::c_ulong, mountpoint: &Path) -> Mounted {
     let data = CString::new(data).unwrap();
     let target = CString::new(mountpoint.as_os_str().as_bytes()).unwrap();
     // SAFETY: test helper; NUL-terminated strings.
