@@ -1,6 +1,8 @@
 //! [`MountConfig`]: a mount request validated as far as strings allow (pure: no system calls).
 //! The checks that need the filesystem (existence, nesting, same device) are in
-//! `crate::preflight`.
+//! `crate::preflight`. [`run::RunConfig`] is the same for `overlayfuse run`.
+
+pub mod run;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Invalid,
     /// The request was valid but the system refused it (exit 1).
     Runtime,
+    /// `overlayfuse run` could not set up the container (exit 125, as podman and docker).
+    Setup,
 }
 
 /// An error with its kind and message.
@@ -48,14 +50,31 @@ impl Error {
         }
     }
 
+    /// A container that could not be set up.
+    pub fn setup(message: impl Into<String>) -> Error {
+        Error {
+            kind: ErrorKind::Setup,
+            message: message.into(),
+        }
+    }
+
+    /// The same message as a set-up error of `overlayfuse run`.
+    pub fn into_setup(self) -> Error {
+        Error::setup(self.message)
+    }
+
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self.kind {
             ErrorKind::Usage | ErrorKind::Invalid => 2,
             ErrorKind::Runtime => 1,
+            ErrorKind::Setup => SETUP_EXIT,
         }
     }
 }
+
+/// Exit status of `overlayfuse run` when the container could not be set up.
+pub const SETUP_EXIT: i32 = 125;
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -17,4 +17,5 @@ pub mod fs;
 pub mod fuse;
 pub mod logger;
 pub mod preflight;
+pub mod runtime;
 pub mod sys;

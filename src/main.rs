@@ -2,9 +2,10 @@
 //! status (2 for bad input, 1 for a refusal by the system).
 
 use overlayfuse::cli::{self, Command};
+use overlayfuse::config::run::RunConfig;
 use overlayfuse::config::MountConfig;
 use overlayfuse::error::Error;
-use overlayfuse::{daemon, demo, logger};
+use overlayfuse::{daemon, demo, logger, runtime};
 
 fn run() -> Result<(), Error> {
     match cli::parse(std::env::args_os().collect())? {
@@ -15,6 +16,11 @@ fn run() -> Result<(), Error> {
         Command::Mount(args) => daemon::mount(&MountConfig::from_args(&args)?),
         Command::Umount(path) => daemon::umount(&path),
         Command::Demo => demo::run(),
+        Command::Run(args) => {
+            let cfg = RunConfig::from_args(&args)?;
+            let code = runtime::run(&cfg)?;
+            std::process::exit(code);
+        }
     }
 }
 

@@ -44,8 +44,66 @@ pub enum Command {
     Umount(PathBuf),
     /// Build sample layers, mount them, show the merged view, unmount.
     Demo,
+    /// Run a command in a container whose root is the merged tree.
+    Run(Box<RunArgs>),
     /// Print this text (help or version) and exit 0.
     Print(String),
+}
+
+/// A `run` request as written, before validation (see `config::run`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct RunArgs {
+    /// Lower layers, colon-separated, topmost first.
+    #[arg(long, value_name = "DIR[:DIR...]", conflicts_with = "rootfs")]
+    pub lower: Option<String>,
+    /// Writable upper layer (default: a private one, removed afterwards).
+    #[arg(long, value_name = "DIR", requires = "lower")]
+    pub upper: Option<PathBuf>,
+    /// Work directory of --upper, on the same filesystem.
+    #[arg(long, value_name = "DIR", requires = "upper")]
+    pub work: Option<PathBuf>,
+    /// An existing directory to use as the root instead of layers.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Host name inside the container.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Network: `none` (a new namespace with loopback only, the default) or `host`.
+    #[arg(long, value_name = "none|host")]
+    pub net: Option<String>,
+    /// User and group to run the command as, inside the container.
+    #[arg(long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// An environment variable for the command (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Memory limit, e.g. 256M (cgroup memory and memory+swap).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Most processes and threads at once.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<String>,
+    /// CPU time as a number of CPUs, e.g. 1.5.
+    #[arg(long, value_name = "F")]
+    pub cpus: Option<String>,
+    /// A resource limit for the command, e.g. nofile=1024:4096 (repeatable).
+    #[arg(long = "rlimit", value_name = "NAME=SOFT:HARD")]
+    pub rlimits: Vec<String>,
+    /// Bind a host path into the container, read-only with `:ro` (repeatable).
+    #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+    pub binds: Vec<String>,
+    /// Use a user namespace: `auto` (when not root, the default), `always` or `never`.
+    #[arg(long, value_name = "auto|always|never")]
+    pub rootless: Option<String>,
+    /// Keep the private upper layer made for --lower instead of removing it.
+    #[arg(long, requires = "lower", conflicts_with = "upper")]
+    pub keep_upper: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 const EXAMPLES: &str = "\
@@ -59,6 +117,8 @@ Examples:
   overlayfuse mount --lower /img/base --upper /c/upper --work /c/work /mnt/merged
       a writable mount: changes land in /c/upper (/c/work: same filesystem, ours)
   overlayfuse umount /mnt/merged
+  overlayfuse run --lower /img/top:/img/base --hostname box -- /bin/sh
+      a container whose root is the merged tree (see 'overlayfuse run --help')
   overlayfuse demo
 
 Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, debug,
@@ -115,13 +175,33 @@ enum Sub {
     /// Build sample image layers, mount them, show the merged view and where each entry
     /// comes from, then unmount.
     Demo,
+    /// Run a command in a container whose root is the merged tree of the layers: new mount,
+    /// pid, uts, ipc, net and cgroup namespaces, pivot_root, cgroup limits. Exit status: the
+    /// command's, 128+N if a signal N killed it, 125 when the container cannot be set up.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(Box<RunArgs>),
 }
 
-const SUBCOMMANDS: [&str; 6] = ["mount", "umount", "demo", "help", "--help", "-h"];
+const RUN_EXAMPLES: &str = "\
+Examples:
+  overlayfuse run --lower /img/app:/img/base -- /bin/sh -c 'echo hello > /tmp/x'
+      a private upper layer is made and removed afterwards (--keep-upper keeps it)
+  overlayfuse run --lower /img/base --upper /c/up --work /c/work --memory 256M --pids 64 -- make
+  overlayfuse run --rootfs /srv/root --net host --user 1000:1000 --bind /data:/data:ro -- ls /data
+As a user other than root, the container runs in a user namespace that maps the user to root
+and, through newuidmap/newgidmap, the user's /etc/subuid and /etc/subgid ranges to 1 and up.";
+
+const SUBCOMMANDS: [&str; 7] = ["mount", "umount", "demo", "run", "help", "--help", "-h"];
 
 /// Parses the whole argv (program name first).
+///
+/// Errors in a `run` command line are set-up errors (exit 125), so that they cannot be taken
+/// for the status of the command it would have run.
 pub fn parse(args: Vec<OsString>) -> Result<Command, Error> {
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    if first == "run" {
+        return parse_subcommand(args).map_err(Error::into_setup);
+    }
     if args.len() < 2 || SUBCOMMANDS.contains(&first) || first == "--version" || first == "-V" {
         return parse_subcommand(args);
     }
@@ -173,6 +253,7 @@ fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
         }),
         Sub::Umount { mountpoint } => Command::Umount(mountpoint),
         Sub::Demo => Command::Demo,
+        Sub::Run(args) => Command::Run(args),
     })
 }
 
