@@ -206,7 +206,9 @@ fn absolute(path: &Path, what: &str) -> Result<PathBuf, Error> {
 fn root_source(args: &RunArgs) -> Result<RootSource, Error> {
     match (&args.lower, &args.rootfs) {
         (Some(lower), None) => {
-            split_layers(lower, "--lower").map_err(Error::into_setup)?;
+            for layer in split_layers(lower, "--lower").map_err(Error::into_setup)? {
+                absolute(&layer, "--lower layer")?;
+            }
             let upper = match (&args.upper, &args.work) {
                 (Some(u), Some(w)) => Some((absolute(u, "--upper")?, absolute(w, "--work")?)),
                 (None, None) => None,
@@ -409,7 +411,7 @@ mod tests {
     fn sizes() {
         assert_eq!(size("256M").unwrap(), 256 << 20);
         assert_eq!(size("1g").unwrap(), 1 << 30);
-        assert_eq!(size("512KiB").unwrap(), 512 << 20 >> 10);
+        assert_eq!(size("2048KiB").unwrap(), 2 << 20);
         assert_eq!(size("2097152").unwrap(), 2 << 20);
         for bad in ["", "M", "12Q", "-5M", "1k", "99999999999999T"] {
             assert!(size(bad).is_err(), "{bad}");
