@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use crate::util::tree::{self, Entry};
 
-/// The unprivileged user the rootless flow runs as (created if missing).
-const USER: &str = "ofs-rootless";
+use crate::util::{must, rootless_user};
 
 /// Build steps of the first stage: each is one `RUN` and, for the reference, one chroot.
 const FIRST: [&str; 4] = [
@@ -28,18 +27,6 @@ const FIRST: [&str; 4] = [
 const LAST: &str = "rm -rf /base/keep && mkdir /base/keep && echo again > /base/keep/b";
 /// What a running container changes before `podman diff` and `commit`.
 const CHANGES: &str = "rm /base/rmfile && rm -rf /base/gone && mkdir /base/gone && echo n > /base/gone/n && echo add > /new && echo mod >> /base/app && chmod 700 /base/redo";
-
-fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn need_tools() {
     for tool in ["podman", "runc", "newuidmap", "busybox"] {
@@ -73,13 +60,15 @@ impl Store {
         .unwrap();
         if let Some(uid) = user {
             fs::create_dir_all(dir.join("home")).unwrap();
-            sh(Command::new("chown")
-                .arg("-R")
-                .arg(uid.to_string())
-                .arg(&dir));
+            must(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg(uid.to_string())
+                    .arg(&dir),
+            );
             let xdg = format!("/run/user/{uid}");
             fs::create_dir_all(&xdg).unwrap();
-            sh(Command::new("chown").arg(uid.to_string()).arg(&xdg));
+            must(Command::new("chown").arg(uid.to_string()).arg(&xdg));
         }
         Store { dir, user, program }
     }
@@ -114,7 +103,7 @@ impl Store {
 
     /// Runs podman with `args`; its stdout.
     fn run(&self, args: &[&str]) -> String {
-        let out = sh(self.command().args(args));
+        let out = must(self.command().args(args));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
@@ -165,7 +154,7 @@ fn base_rootfs(dir: &Path) {
         fs::write(dir.join(path), content).unwrap();
     }
     fs::set_permissions(dir.join("base/app"), fs::Permissions::from_mode(0o600)).unwrap();
-    sh(Command::new("chown").arg("7:7").arg(dir.join("base/redo")));
+    must(Command::new("chown").arg("7:7").arg(dir.join("base/redo")));
 }
 
 fn containerfile() -> String {
@@ -181,13 +170,15 @@ fn containerfile() -> String {
 fn reference(work: &Path, base: &Path) -> BTreeMap<&'static str, PathBuf> {
     let copy = |name: &str, from: &Path| {
         let to = work.join(name);
-        sh(Command::new("cp").arg("-a").arg(from).arg(&to));
+        must(Command::new("cp").arg("-a").arg(from).arg(&to));
         to
     };
     let chroot = |root: &Path, step: &str| {
-        sh(Command::new("chroot")
-            .arg(root)
-            .args(["/bin/sh", "-c", step]));
+        must(
+            Command::new("chroot")
+                .arg(root)
+                .args(["/bin/sh", "-c", step]),
+        );
     };
     let first = copy("ref-first", base);
     for step in FIRST {
@@ -195,11 +186,13 @@ fn reference(work: &Path, base: &Path) -> BTreeMap<&'static str, PathBuf> {
     }
     let last = copy("ref-last", base);
     fs::create_dir_all(last.join("opt")).unwrap();
-    sh(Command::new("cp")
-        .arg("-a")
-        .arg(first.join("artifact"))
-        .arg(first.join("built/b"))
-        .arg(last.join("opt")));
+    must(
+        Command::new("cp")
+            .arg("-a")
+            .arg(first.join("artifact"))
+            .arg(first.join("built/b"))
+            .arg(last.join("opt")),
+    );
     chroot(&last, LAST);
     let changed = copy("ref-changed", base);
     chroot(&changed, CHANGES);
@@ -292,29 +285,6 @@ fn image_tree(from: &Store, image: &str, kernel: Option<&Store>, scratch: &Path)
     kernel.run(&["image", "unmount", &id]);
     kernel.run(&["rmi", "-f", &id]);
     t
-}
-
-/// Gives `USER` (made if missing) subordinate ids and access to /dev/fuse, as a rootless
-/// set-up has them (Debian's udev leaves /dev/fuse 0666; this machine's is 0600).
-fn rootless_user() -> u32 {
-    let exists = Command::new("id")
-        .arg(USER)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !exists {
-        sh(Command::new("useradd").args(["--no-create-home", "--shell", "/bin/sh", USER]));
-    }
-    for file in ["/etc/subuid", "/etc/subgid"] {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
-            fs::write(file, format!("{text}{USER}:300000:65536\n")).unwrap();
-        }
-    }
-    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
-    let out = sh(Command::new("id").args(["-u", USER]));
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// What a flow saw: `podman diff` of the changed container, and the image trees.
@@ -447,12 +417,14 @@ fn podman_mount_program_root_and_rootless() {
 
     let base = work.join("base");
     base_rootfs(&base);
-    sh(Command::new("tar")
-        .arg("-C")
-        .arg(&base)
-        .arg("-cf")
-        .arg(work.join("base.tar"))
-        .arg("."));
+    must(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&base)
+            .arg("-cf")
+            .arg(work.join("base.tar"))
+            .arg("."),
+    );
     fs::write(work.join("Containerfile"), containerfile()).unwrap();
     let refs = reference(work, &base);
     let uid = rootless_user();

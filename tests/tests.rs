@@ -11,6 +11,7 @@ mod passthrough;
 mod podman;
 mod random_ops;
 mod rootless;
+mod runtime;
 mod safety;
 mod stress;
 mod view;

@@ -48,27 +48,43 @@ fn fail(what: String, e: Errno) -> Error {
 
 const DIR: i32 = libc::O_PATH | libc::O_DIRECTORY;
 
-/// Opens directory `rel` inside `root`, making it (and missing parents) when absent.
+/// Opens directory `rel` inside `root`, making it (and missing parents) when absent. A
+/// dangling symlink on the way is followed inside the root and its target made.
 fn ensure_dir(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errno> {
+    ensure_dir_within(root, rel, 0)
+}
+
+/// Most dangling symlinks followed while making one directory.
+const MAX_LINKS: u32 = 40;
+
+fn ensure_dir_within(root: BorrowedFd<'_>, rel: &Path, links: u32) -> Result<OwnedFd, Errno> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
         rel
     };
     match open_in_root(root, rel, DIR, 0) {
-        Err(Errno::ENOENT) => {
-            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-                return Err(Errno::ENOENT);
+        Err(Errno::ENOENT) => {}
+        other => return other,
+    }
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(Errno::ENOENT);
+    };
+    let parent_fd = ensure_dir_within(root, parent, links)?;
+    let mode = Mode::from_bits_truncate(0o755);
+    match nix::sys::stat::mkdirat(Some(parent_fd.as_raw_fd()), name, mode) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    match open_in_root(root, rel, DIR, 0) {
+        Err(Errno::ENOENT) if links < MAX_LINKS => {
+            let target = nix::fcntl::readlinkat(Some(parent_fd.as_raw_fd()), name)?;
+            let target = Path::new(&target);
+            let next = match target.strip_prefix("/") {
+                Ok(inside) => inside.to_owned(),
+                Err(_) => parent.join(target),
             };
-            let parent = ensure_dir(root, parent)?;
-            match nix::sys::stat::mkdirat(
-                Some(parent.as_raw_fd()),
-                name,
-                Mode::from_bits_truncate(0o755),
-            ) {
-                Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(e),
-            }
+            ensure_dir_within(root, &next, links + 1)?;
             open_in_root(root, rel, DIR, 0)
         }
         other => other,

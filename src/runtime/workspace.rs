@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cli::MountArgs;
 use crate::config::run::RootSource;
+use crate::config::MountConfig;
 use crate::error::Error;
+use crate::preflight;
 
 /// The directories of one run.
 #[derive(Clone, Debug)]
@@ -120,13 +123,31 @@ impl Workspace {
                     }
                     Ok(())
                 })();
-                if let Err(e) = made {
+                if let Err(e) = made.and_then(|()| ws.check_layers()) {
                     ws.remove();
                     return Err(e);
                 }
                 Ok(ws)
             }
         }
+    }
+
+    /// Runs the mount's own checks of the layer directories (existence, nesting, the work
+    /// dir's filesystem) now, so a bad `--lower` is one line from the run, not a daemon's.
+    fn check_layers(&self) -> Result<(), Error> {
+        let Some(layers) = &self.layers else {
+            return Ok(());
+        };
+        let args = MountArgs {
+            lower: Some(layers.lower.clone()),
+            upper: Some(layers.upper.clone()),
+            work: Some(layers.work.clone()),
+            mountpoint: self.root.clone(),
+            ..MountArgs::default()
+        };
+        MountConfig::from_args(&args)
+            .and_then(|cfg| preflight::check(&cfg).map(drop))
+            .map_err(Error::into_setup)
     }
 
     /// Removes what this run made (all of it, or all but the upper with `--keep-upper`).

@@ -10,6 +10,7 @@ pub mod tree;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -387,4 +388,51 @@ pub fn getdents_all(dir: &Path, buf_size: usize) -> Vec<(Vec<u8>, u64, u8)> {
             off += reclen;
         }
     }
+}
+
+/// The unprivileged user rootless tests run as (created if missing).
+pub const ROOTLESS_USER: &str = "ofs-rootless";
+
+/// Runs `cmd` and returns its output; panics with that output unless it exits 0.
+pub fn must(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Gives `ROOTLESS_USER` (made if missing) subordinate ids and access to /dev/fuse, as a rootless
+/// set-up has them (Debian's udev leaves /dev/fuse 0666; this machine's is 0600).
+pub fn rootless_user() -> u32 {
+    let exists = Command::new("id")
+        .arg(ROOTLESS_USER)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        must(Command::new("useradd").args([
+            "--no-create-home",
+            "--shell",
+            "/bin/sh",
+            ROOTLESS_USER,
+        ]));
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text
+            .lines()
+            .any(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
+        {
+            std::fs::write(file, format!("{text}{ROOTLESS_USER}:300000:65536\n")).unwrap();
+        }
+    }
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = must(Command::new("id").args(["-u", ROOTLESS_USER]));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
