@@ -4,14 +4,14 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
+use nix::unistd::{AccessFlags, Pid};
 
 use super::cgroup::Cgroup;
 use super::link::{Link, REFUSED};
 use super::userns::{self, IdMaps};
 use super::workspace::Workspace;
 use super::{keeper, status_code, waited_signals};
-use crate::config::run::{Rootless, RunConfig};
+use crate::config::run::{RootSource, Rootless, RunConfig};
 use crate::error::{Error, SETUP_EXIT};
 use crate::sys::container::fork;
 
@@ -35,6 +35,16 @@ pub fn run(cfg: &RunConfig) -> Result<i32, Error> {
                 bind.source.display()
             )));
         }
+    }
+    let uses_fuse = matches!(cfg.root, RootSource::Layers { .. });
+    if user_namespace
+        && uses_fuse
+        && nix::unistd::access("/dev/fuse", AccessFlags::R_OK | AccessFlags::W_OK).is_err()
+    {
+        return Err(Error::setup(
+            "a rootless run mounts FUSE inside its user namespace and needs read-write access \
+             to /dev/fuse: make it mode 0666 (Debian's udev rule does), or use --rootfs",
+        ));
     }
     let maps = user_namespace.then(userns::for_caller);
     let workspace = Workspace::prepare(&cfg.root)?;
