@@ -3,9 +3,9 @@
 //!
 //! Data flows one way (DESIGN.md §5): [`cli`] reads argv, [`config`] validates it (pure),
 //! [`preflight`] checks the directories, [`fs`] is the overlay core over layer root
-//! descriptors, [`fuse`] adapts it to the kernel, [`daemon`] runs the mount. [`runtime`] is `overlayfuse run`, which sees only the merged
-//! directory. Every `unsafe`
-//! and raw system call lives in [`sys`].
+//! descriptors, [`fuse`] adapts it to the kernel, [`daemon`] runs the mount. [`runtime`] is
+//! `overlayfuse run`, which sees only the merged directory. Every `unsafe` and raw system
+//! call lives in [`sys`].
 
 #![deny(missing_docs)]
 
