@@ -524,6 +524,21 @@ fn exit_codes_and_signals() {
     .is_some()));
     signal(child.id() as i32, libc::SIGTERM);
     assert_eq!(code(&child.wait_with_output().unwrap()), 143);
+    // A command that ignores SIGTERM is killed once the grace period (10 s) is over.
+    let child = img.spawn(&[], "trap '' TERM; exec sleep 4246");
+    assert!(util::wait_for(Duration::from_secs(5), || find_process(&[
+        "sleep", "4246"
+    ])
+    .is_some()));
+    let sent = std::time::Instant::now();
+    signal(child.id() as i32, libc::SIGTERM);
+    assert_eq!(code(&child.wait_with_output().unwrap()), 137);
+    let waited = sent.elapsed();
+    println!("a command ignoring SIGTERM ended after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(9),
+        "killed before the grace period: {waited:?}"
+    );
     // kill -9 of the command from the host: 137, and everything is cleaned up.
     let child = img.spawn(&[], "exec sleep 4242");
     assert!(util::wait_for(Duration::from_secs(5), || find_process(&[

@@ -15,6 +15,9 @@ use crate::config::run::{RootSource, Rootless, RunConfig};
 use crate::error::{Error, SETUP_EXIT};
 use crate::sys::container::fork;
 
+/// Seconds a command may outlive a `SIGTERM` sent to the run before it is killed.
+pub const STOP_GRACE_SECONDS: u32 = 10;
+
 /// Runs `cfg`'s command in a container and returns its exit status.
 pub fn run(cfg: &RunConfig) -> Result<i32, Error> {
     let root = nix::unistd::geteuid().is_root();
@@ -78,7 +81,8 @@ fn supervise(
     maps: Option<IdMaps>,
     cgroup: Option<&Cgroup>,
 ) -> Result<i32, Error> {
-    let signals = waited_signals();
+    let mut signals = waited_signals();
+    signals.add(Signal::SIGALRM);
     signals
         .thread_block()
         .map_err(|e| Error::setup(format!("cannot block signals: {e}")))?;
@@ -108,7 +112,16 @@ fn supervise(
                 Err(_) => return Ok(SETUP_EXIT),
             }
         } else if let Some(pid) = init {
+            if sig == Signal::SIGALRM {
+                // The grace period after SIGTERM is over: end the container, as `podman
+                // stop` does.
+                let _ = kill(pid, Signal::SIGKILL);
+                continue;
+            }
             let _ = kill(pid, sig);
+            if sig == Signal::SIGTERM {
+                nix::unistd::alarm::set(STOP_GRACE_SECONDS);
+            }
         }
     }
 }
