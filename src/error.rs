@@ -58,6 +58,12 @@ impl Error {
         }
     }
 
+    /// A set-up error whose message another process of the run has printed already: it has
+    /// an empty message, and callers print nothing for it.
+    pub fn reported() -> Error {
+        Error::setup("")
+    }
+
     /// The same message as a set-up error of `overlayfuse run`.
     pub fn into_setup(self) -> Error {
         Error::setup(self.message)

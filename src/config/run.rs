@@ -214,6 +214,11 @@ fn root_source(args: &RunArgs) -> Result<RootSource, Error> {
                 (None, None) => None,
                 _ => return Err(bad("--upper needs --work (and --work needs --upper)")),
             };
+            if upper.is_some() && args.keep_upper {
+                return Err(bad(
+                    "--keep-upper is for the private upper: with --upper the layer is yours and kept anyway",
+                ));
+            }
             Ok(RootSource::Layers {
                 lower: lower.clone(),
                 upper,

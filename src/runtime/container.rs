@@ -36,7 +36,7 @@ fn prepare(cfg: &RunConfig, root: &Path, mut link: Link) -> Result<(), Error> {
         .map_err(|e| fail("cannot set the parent-death signal", e))?;
     if link.receive().as_deref() != Some("go") {
         // The keeper reported why.
-        return Err(Error::setup(""));
+        return Err(Error::reported());
     }
     drop(link);
     nix::unistd::setsid().map_err(|e| fail("cannot start a session", e))?;

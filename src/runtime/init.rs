@@ -10,7 +10,9 @@ use nix::unistd::Pid;
 use super::{command, status_code, waited_signals, CONTAINER_CAPABILITIES};
 use crate::config::run::RunConfig;
 use crate::error::SETUP_EXIT;
-use crate::sys::container::{close_from, fork, limit_bounding_set, limit_capabilities};
+use crate::sys::container::{
+    close_from, fork, join_new_session_keyring, limit_bounding_set, limit_capabilities,
+};
 
 /// Runs the command under this init and returns its exit status.
 pub fn run(cfg: &RunConfig) -> i32 {
@@ -58,11 +60,16 @@ fn reap(command: Pid) -> Option<i32> {
     }
 }
 
-/// Init keeps only the container's capabilities, cannot gain any (no_new_privs), cannot be
+/// Init gets a session keyring of its own (the caller's keys stay out of reach), keeps only
+/// the container's capabilities, cannot gain any (no_new_privs), cannot be
 /// inspected through /proc or ptrace by the container (not dumpable), and holds no
 /// descriptor but the standard three.
 fn drop_privileges() -> Result<(), nix::errno::Errno> {
     close_from(3)?;
+    match join_new_session_keyring() {
+        Ok(()) | Err(nix::errno::Errno::ENOSYS) => {}
+        Err(e) => return Err(e),
+    }
     limit_bounding_set(CONTAINER_CAPABILITIES)?;
     limit_capabilities(CONTAINER_CAPABILITIES)?;
     nix::sys::prctl::set_no_new_privs()?;

@@ -4,6 +4,7 @@
 //! private directories. The daemon therefore lives outside the container's pid and mount
 //! namespaces, and dies with the keeper (its parent-death signal is SIGTERM).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,6 +148,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         detach_and_tie(&mut cmd, Signal::SIGTERM);
+        let unmounted_dev = std::fs::metadata(merged).map(|m| m.dev()).ok();
         let child = cmd
             .spawn()
             .map_err(|e| Error::setup(format!("cannot start the overlayfuse daemon: {e}")))?;
@@ -159,8 +161,11 @@ impl Daemon {
                     "cannot mount the layers: the daemon ended ({status}) before the mount was live"
                 )));
             }
+            // A FUSE filesystem on another device than the empty directory had: ours (the
+            // directory itself may lie on some other FUSE mount).
             let live = nix::sys::statfs::statfs(merged)
-                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC);
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC)
+                && std::fs::metadata(merged).map(|m| m.dev()).ok() != unmounted_dev;
             if live {
                 return Ok(daemon);
             }

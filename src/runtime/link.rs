@@ -50,7 +50,7 @@ impl Link {
         self.send(request)?;
         match self.receive().as_deref() {
             Some("ok") => Ok(()),
-            _ => Err(Error::setup("")),
+            _ => Err(Error::reported()),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! makes read-only treated the same way.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -13,7 +14,7 @@ use nix::sys::statvfs::FsFlags;
 
 use crate::config::run::Bind;
 use crate::error::Error;
-use crate::sys::container::{fd_path, open_in_root};
+use crate::sys::container::{fd_path, open_in_root, restrict_mount_tree};
 
 /// Host devices bound into the container's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -91,17 +92,49 @@ fn ensure_dir_within(root: BorrowedFd<'_>, rel: &Path, links: u32) -> Result<Own
     }
 }
 
-/// Opens file `rel` inside `root`, making it (and missing parents) when absent.
+/// Opens file `rel` inside `root` (as `O_PATH`, so a FIFO cannot block), making an empty
+/// file (and missing parents) when absent.
 fn ensure_file(root: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errno> {
+    match open_in_root(root, rel, libc::O_PATH, 0) {
+        Err(Errno::ENOENT) => {}
+        other => return other,
+    }
     if let Some(parent) = rel.parent() {
         ensure_dir(root, parent)?;
     }
-    open_in_root(
+    drop(open_in_root(
         root,
         rel,
-        libc::O_RDONLY | libc::O_CREAT | libc::O_NOCTTY,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
         0o644,
-    )
+    )?);
+    open_in_root(root, rel, libc::O_PATH, 0)
+}
+
+/// Identity of a filesystem object.
+type FileId = (u64, u64);
+
+fn file_id(fd: BorrowedFd<'_>) -> Result<FileId, Errno> {
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Checks a resolved mount target: never the root itself (a filesystem stacked on `/`
+/// would be reachable as `/..`), and on one of the filesystems in `allowed` (the image, or
+/// the container's /dev), never on a mount made here for /proc or /sys.
+fn checked(target: OwnedFd, root: FileId, allowed: &[u64], shown: &str) -> Result<OwnedFd, Error> {
+    let id = file_id(target.as_fd()).map_err(|e| fail(format!("mount target {shown}"), e))?;
+    if id == root {
+        return Err(Error::setup(format!(
+            "mount target {shown} resolves to the root of the image (a symlink to /?): fix the image"
+        )));
+    }
+    if !allowed.contains(&id.0) {
+        return Err(Error::setup(format!(
+            "mount target {shown} resolves into /proc, /sys or another mount: fix the image or the target"
+        )));
+    }
+    Ok(target)
 }
 
 fn relative(path: &Path) -> &Path {
@@ -168,21 +201,29 @@ pub fn enter(root: &Path, binds: &[Bind], own_network: bool) -> Result<(), Error
         None::<&str>,
     )
     .map_err(|e| fail(format!("cannot bind '{}' for the root", root.display()), e))?;
+    // Device nodes and setuid bits of the image (a --rootfs directory too) grant nothing.
+    restrict_mount_tree(root, false, true)
+        .map_err(|e| fail("cannot make the root nosuid,nodev".into(), e))?;
     let rootfd: OwnedFd = std::fs::File::open(root)
         .map_err(|e| Error::setup(format!("cannot open the root '{}': {e}", root.display())))?
         .into();
     let root = rootfd.as_fd();
+    let root_id = file_id(root).map_err(|e| fail("cannot stat the root".into(), e))?;
     let sources = binds
         .iter()
         .map(|b| {
-            std::fs::File::open(&b.source)
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(&b.source)
                 .map(OwnedFd::from)
                 .map_err(|e| Error::setup(format!("--bind source '{}': {e}", b.source.display())))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let target = |rel: &str| {
-        ensure_dir(root, Path::new(rel))
-            .map_err(|e| fail(format!("mount target /{rel} in the image"), e))
+        let fd = ensure_dir(root, Path::new(rel))
+            .map_err(|e| fail(format!("mount target /{rel} in the image"), e))?;
+        checked(fd, root_id, &[root_id.0], &format!("/{rel}"))
     };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_at(
@@ -194,12 +235,23 @@ pub fn enter(root: &Path, binds: &[Bind], own_network: bool) -> Result<(), Error
         "/proc",
     )?;
     mount_sys(root, target("sys")?.as_fd(), own_network)?;
-    mount_dev(root, target("dev")?.as_fd())?;
+    let dev_fs = mount_dev(root, target("dev")?.as_fd())?;
     for (bind, source) in binds.iter().zip(&sources) {
-        mount_bind(root, bind, source.as_fd())?;
+        mount_bind(root, bind, source.as_fd(), root_id, dev_fs)?;
     }
     pivot(root)?;
     drop(rootfd);
+    for (path, magic, name) in [
+        ("/proc", nix::sys::statfs::PROC_SUPER_MAGIC, "procfs"),
+        ("/sys", nix::sys::statfs::SYSFS_MAGIC, "sysfs"),
+    ] {
+        let found = nix::sys::statfs::statfs(path).map(|s| s.filesystem_type());
+        if found != Ok(magic) {
+            return Err(Error::setup(format!(
+                "{path} in the container is not the {name} mounted for it: a mount target of the image is a symlink that moved it"
+            )));
+        }
+    }
     mask()
 }
 
@@ -229,10 +281,13 @@ fn mount_sys(root: BorrowedFd<'_>, target: BorrowedFd<'_>, own_network: bool) ->
     )?;
     let mounted = open_in_root(root, Path::new("sys"), DIR, 0)
         .map_err(|e| fail("cannot open /sys".into(), e))?;
-    remount_read_only(&fd_path(mounted.as_fd()), "/sys")
+    // Read-only all the way down: the host's cgroup and fuse trees are mounted below /sys.
+    restrict_mount_tree(&fd_path(mounted.as_fd()), true, true)
+        .map_err(|e| fail("cannot make /sys read-only".into(), e))
 }
 
-fn mount_dev(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Error> {
+/// Builds /dev; returns the device number of its tmpfs (bind targets may lie there).
+fn mount_dev(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<u64, Error> {
     mount_at(
         "tmpfs",
         target,
@@ -303,10 +358,18 @@ fn mount_dev(root: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Error> 
         nix::unistd::symlinkat(to, Some(dev.as_raw_fd()), name)
             .map_err(|e| fail(format!("cannot make /dev/{name}"), e))?;
     }
-    Ok(())
+    file_id(dev)
+        .map(|(fs, _)| fs)
+        .map_err(|e| fail("cannot stat /dev".into(), e))
 }
 
-fn mount_bind(root: BorrowedFd<'_>, bind: &Bind, source: BorrowedFd<'_>) -> Result<(), Error> {
+fn mount_bind(
+    root: BorrowedFd<'_>,
+    bind: &Bind,
+    source: BorrowedFd<'_>,
+    root_id: FileId,
+    dev_fs: u64,
+) -> Result<(), Error> {
     let shown = bind.target.display().to_string();
     let rel = relative(&bind.target);
     let is_dir = std::fs::metadata(fd_path(source)).is_ok_and(|m| m.is_dir());
@@ -316,6 +379,7 @@ fn mount_bind(root: BorrowedFd<'_>, bind: &Bind, source: BorrowedFd<'_>) -> Resu
         ensure_file(root, rel)
     }
     .map_err(|e| fail(format!("--bind target '{shown}' in the image"), e))?;
+    let target = checked(target, root_id, &[root_id.0, dev_fs], &shown)?;
     let src = fd_path(source);
     mount(
         Some(&src),
@@ -333,7 +397,8 @@ fn mount_bind(root: BorrowedFd<'_>, bind: &Bind, source: BorrowedFd<'_>) -> Resu
     if bind.readonly {
         let mounted = open_in_root(root, rel, libc::O_PATH, 0)
             .map_err(|e| fail(format!("cannot open '{shown}'"), e))?;
-        remount_read_only(&fd_path(mounted.as_fd()), &shown)?;
+        restrict_mount_tree(&fd_path(mounted.as_fd()), true, false)
+            .map_err(|e| fail(format!("cannot make '{shown}' read-only"), e))?;
     }
     Ok(())
 }

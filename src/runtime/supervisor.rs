@@ -2,7 +2,7 @@
 //! the cgroup, writes the id maps, forwards signals to the container's init, and returns the
 //! exit status: the command's, 128+N for signal N, 125 when set-up failed.
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{AccessFlags, Pid};
 
@@ -13,7 +13,7 @@ use super::workspace::Workspace;
 use super::{keeper, status_code, waited_signals};
 use crate::config::run::{RootSource, Rootless, RunConfig};
 use crate::error::{Error, SETUP_EXIT};
-use crate::sys::container::fork;
+use crate::sys::container::{fork, PidFd};
 
 /// Seconds a command may outlive a `SIGTERM` sent to the run before it is killed.
 pub const STOP_GRACE_SECONDS: u32 = 10;
@@ -98,6 +98,7 @@ fn supervise(
     drop(theirs);
     let init = serve_requests(&mut ours, keeper, maps.as_ref(), cgroup);
     drop(ours);
+    let mut stopping = false;
     loop {
         let sig = signals
             .wait()
@@ -111,29 +112,31 @@ fn supervise(
                 }
                 Err(_) => return Ok(SETUP_EXIT),
             }
-        } else if let Some(pid) = init {
+        } else if let Some(init) = &init {
             if sig == Signal::SIGALRM {
                 // The grace period after SIGTERM is over: end the container, as `podman
                 // stop` does.
-                let _ = kill(pid, Signal::SIGKILL);
+                let _ = init.signal(Signal::SIGKILL);
                 continue;
             }
-            let _ = kill(pid, sig);
-            if sig == Signal::SIGTERM {
+            let _ = init.signal(sig);
+            if sig == Signal::SIGTERM && !stopping {
+                stopping = true;
                 nix::unistd::alarm::set(STOP_GRACE_SECONDS);
             }
         }
     }
 }
 
-/// Answers the keeper's requests until it closes the link; returns the container init's host
-/// pid once it has joined the cgroup.
+/// Answers the keeper's requests until it closes the link; returns a descriptor of the
+/// container's init once it has joined the cgroup (signals through it cannot reach another
+/// process that reuses init's pid after it ends).
 fn serve_requests(
     link: &mut Link,
     keeper: Pid,
     maps: Option<&IdMaps>,
     cgroup: Option<&Cgroup>,
-) -> Option<Pid> {
+) -> Option<PidFd> {
     let mut init = None;
     while let Some(request) = link.receive() {
         let result = match request.split_once(' ') {
@@ -142,10 +145,12 @@ fn serve_requests(
                 None => Err(Error::setup("no user namespace was planned")),
             },
             Some(("join", pid)) => match pid.parse::<i32>() {
-                Ok(pid) => {
-                    init = Some(Pid::from_raw(pid));
-                    cgroup.map_or(Ok(()), |cg| cg.add(pid))
-                }
+                Ok(pid) => PidFd::open(Pid::from_raw(pid))
+                    .map_err(|e| Error::setup(format!("cannot open init's pid descriptor: {e}")))
+                    .and_then(|fd| {
+                        init = Some(fd);
+                        cgroup.map_or(Ok(()), |cg| cg.add(pid))
+                    }),
                 Err(_) => Err(Error::setup(format!("bad pid '{pid}' from the keeper"))),
             },
             _ => Err(Error::setup(format!(

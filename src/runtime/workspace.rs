@@ -155,7 +155,12 @@ impl Workspace {
     pub fn remove(&self) {
         let Some(private) = &self.private else { return };
         let result = if self.keep_upper {
-            let work = self.layers.as_ref().map(|l| l.work.clone());
+            // Only a work dir made for this run; never one the user gave.
+            let work = self
+                .layers
+                .as_ref()
+                .filter(|l| l.private_upper)
+                .map(|l| l.work.clone());
             [Some(self.root.clone()), work]
                 .into_iter()
                 .flatten()

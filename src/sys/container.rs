@@ -213,3 +213,95 @@ pub fn restore_sigpipe() -> Result<(), Errno> {
     }?;
     Ok(())
 }
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Makes the mount at `path` and every mount below it read-only (`readonly`) and
+/// `nosuid,nodev` (`nosuid_nodev`), with `mount_setattr(AT_RECURSIVE)`.
+pub fn restrict_mount_tree(path: &Path, readonly: bool, nosuid_nodev: bool) -> Result<(), Errno> {
+    let c = cstr(path.as_os_str().as_bytes())?;
+    let mut set = 0;
+    if readonly {
+        set |= MOUNT_ATTR_RDONLY;
+    }
+    if nosuid_nodev {
+        set |= MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `c` is NUL-terminated and `attr` a fully initialised mount_attr whose size is
+    // passed; the kernel only reads both.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret)?;
+    Ok(())
+}
+
+/// Gives this process a new, empty session keyring, so the container cannot read the keys of
+/// the caller's session.
+pub fn join_new_session_keyring() -> Result<(), Errno> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a null name pointer: join a new anonymous session keyring.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    check(ret)?;
+    Ok(())
+}
+
+/// A process descriptor: signals sent through it cannot reach a later process that reuses
+/// the pid.
+#[derive(Debug)]
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// Opens a descriptor of the live process `pid`.
+    pub fn open(pid: Pid) -> Result<PidFd, Errno> {
+        // SAFETY: pidfd_open with integer arguments; it returns a new descriptor.
+        let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })? as RawFd;
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Sends `signal`; `ESRCH` once the process has ended.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), Errno> {
+        // SAFETY: pidfd_send_signal with a live descriptor, a signal number and no siginfo.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        check(ret)?;
+        Ok(())
+    }
+}
