@@ -11,6 +11,7 @@ use crate::cli::optlist::{split_layers, split_options};
 use crate::cli::MountArgs;
 use crate::error::Error;
 use crate::fs::idmap::{self, OneMap};
+use crate::fs::owner_xattr;
 use crate::fs::{MarkerFormat, View};
 
 /// Kernel mount flags the user may choose.
@@ -63,7 +64,8 @@ pub struct MountConfig {
     pub timeout: Duration,
     /// Whether open files do their I/O in the kernel, on the layer's file (`passthrough=`).
     pub passthrough: PassthroughMode,
-    /// How objects are shown: id mappings, `static_nlink`, `ino32_t`, `noxattrs`.
+    /// How objects are shown: id mappings, `static_nlink`, `ino32_t`, `noxattrs`,
+    /// `xattr_permissions`.
     pub view: View,
 }
 
@@ -129,8 +131,6 @@ const IGNORED_FLAGS: [&str; 19] = [
     "group",
     "noacl",
 ];
-/// fuse-overlayfs options for rootless set-ups that are not implemented yet.
-const UNSUPPORTED: [&str; 1] = ["xattr_permissions"];
 
 #[derive(Default)]
 struct Layers {
@@ -371,10 +371,17 @@ impl MountConfig {
                     ))
                 })?;
             }
-            k if UNSUPPORTED.contains(&k) => {
-                return Err(Error::invalid(format!(
-                    "option '{k}' is not supported by this version yet: mount without it"
-                )))
+            "xattr_permissions" => {
+                self.view.owner_xattr = match value {
+                    Some("0") => None,
+                    Some("1") => Some(owner_xattr::PRIVILEGED),
+                    Some("2") => Some(owner_xattr::USER),
+                    _ => {
+                        return Err(Error::usage(
+                            "xattr_permissions takes 0, 1 (security. xattr) or 2 (user. xattr)",
+                        ))
+                    }
+                }
             }
             k if IGNORED_KEYS.contains(&k) || IGNORED_FLAGS.contains(&k) || k.starts_with("x-") => {
                 log::debug!("ignoring option '{item}'");
@@ -472,7 +479,8 @@ mod tests {
             "lowerdir=/a,squash_to_uid=x",
             "lowerdir=/a,squash_to_root=1",
             "lowerdir=/a,noxattrs=2",
-            "lowerdir=/a,xattr_permissions=2",
+            "lowerdir=/a,xattr_permissions=3",
+            "lowerdir=/a,xattr_permissions",
         ] {
             let e = MountConfig::from_args(&args(&[bad])).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
@@ -483,7 +491,7 @@ mod tests {
     #[test]
     fn rootless_options_of_fuse_overlayfs_are_read() {
         let cfg = MountConfig::from_args(&args(&[
-            "lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=7,squash_to_root,static_nlink,ino32_t,noxattrs=1,noacl",
+            "lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=7,squash_to_root,static_nlink,ino32_t,noxattrs=1,noacl,xattr_permissions=2",
         ]))
         .unwrap();
         let v = &cfg.view;
@@ -492,6 +500,7 @@ mod tests {
         assert_eq!(v.ids.gids.ranges.len(), 1);
         assert_eq!((v.ids.uids.squash, v.ids.gids.squash), (Some(7), Some(0)));
         assert!(v.static_nlink && v.ino32 && v.no_xattrs);
+        assert_eq!(v.owner_xattr, Some(owner_xattr::USER));
     }
 
     #[test]

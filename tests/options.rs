@@ -1,9 +1,10 @@
 //! Options of fuse-overlayfs that rootless set-ups and podman use to change how objects are
-//! shown: `uidmapping=`, `gidmapping=`, `squash_to_*`, `static_nlink`, `ino32_t`, `noxattrs`.
+//! shown: `uidmapping=`, `gidmapping=`, `squash_to_*`, `static_nlink`, `ino32_t`, `noxattrs`,
+//! `xattr_permissions=`.
 //! They have no kernel overlay counterpart, so each is checked against the layers on disk.
 
 use std::fs;
-use std::os::unix::fs::{chown, MetadataExt};
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -162,4 +163,121 @@ fn ino32_static_nlink_and_noxattrs_change_only_what_is_shown() {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::EOPNOTSUPP)
     );
+}
+
+/// Runs `sh -c script` as `uid:gid`; true when it succeeds.
+fn sh_as(uid: u32, gid: u32, script: &str) -> bool {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "sh", "-c", script])
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn xattr_permissions_keep_owners_and_modes_in_xattrs() {
+    for (value, attr) in [
+        ("2", "user.fuseoverlayfs.override_stat"),
+        ("1", "security.fuseoverlayfs.override_stat"),
+    ] {
+        println!("xattr_permissions={value}: owners and modes in {attr}");
+        let s = Scratch::new();
+        Layer::default()
+            .file("plain", "p")
+            .file("forced", "f")
+            .xattr("forced", "user.containers.override_stat", "7:8:0600:file")
+            .dir_mode("shared", 0o777)
+            .write(&s.path("l"), Form::Ours);
+        let (u, w, m) = (s.mkdir("u"), s.mkdir("w"), s.mkdir("m"));
+        let opts = format!("xattr_permissions={value}");
+        let mnt = util::mount_ours_rw(&[s.path("l")], &u, &w, &m, &opts);
+        let stored = |p: &Path| String::from_utf8(tree::xattrs(p).remove(attr).unwrap()).unwrap();
+
+        // A lower layer's containers-storage xattr is shown and enforced, and hidden.
+        assert_eq!(
+            (owner(&m.join("forced")), mode(&m.join("forced"))),
+            ((7, 8), 0o600)
+        );
+        assert!(!sh_as(
+            9,
+            9,
+            &format!("cat {} >/dev/null 2>&1", m.join("forced").display())
+        ));
+        assert!(sh_as(
+            7,
+            8,
+            &format!("cat {} >/dev/null", m.join("forced").display())
+        ));
+        assert!(
+            tree::xattrs(&m.join("forced")).is_empty(),
+            "owner xattrs are hidden"
+        );
+
+        // A file made by 1234:1234 is the daemon's on disk, with its owner in the xattr.
+        let made = m.join("shared/made");
+        assert!(sh_as(
+            1234,
+            1234,
+            &format!("umask 022; : > {}", made.display())
+        ));
+        assert_eq!((owner(&made), mode(&made)), ((1234, 1234), 0o644));
+        assert_eq!(owner(&u.join("shared/made")), (0, 0));
+        assert_eq!(stored(&u.join("shared/made")), "1234:1234:0644");
+        // chown and chmod change only the xattr.
+        chown(&made, Some(42), Some(43)).unwrap();
+        fs::set_permissions(&made, fs::Permissions::from_mode(0o4750)).unwrap();
+        assert_eq!((owner(&made), mode(&made)), ((42, 43), 0o4750));
+        assert_eq!(stored(&u.join("shared/made")), "42:43:4750");
+        assert_eq!(owner(&u.join("shared/made")), (0, 0));
+        assert_eq!(
+            mode(&u.join("shared/made")),
+            0o750 | 0o600,
+            "no setuid bit on disk"
+        );
+        // A directory and a copy-up: the lower's real owner and mode go into the xattr.
+        fs::create_dir(m.join("shared/dir")).unwrap();
+        assert_eq!(stored(&u.join("shared/dir")), "0:0:0755");
+        fs::set_permissions(m.join("plain"), fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(stored(&u.join("plain")), "0:0:0640");
+        // A copy-up of an overridden lower file keeps what was shown, in the mount's own
+        // xattr only.
+        util::must(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("echo more >> {}", m.join("forced").display())),
+        );
+        assert_eq!(stored(&u.join("forced")), "7:8:0600");
+        let upper_xattrs = tree::xattrs(&u.join("forced"));
+        assert!(
+            !upper_xattrs.contains_key("user.containers.override_stat"),
+            "{upper_xattrs:?}"
+        );
+        assert_eq!(
+            (owner(&m.join("forced")), mode(&m.join("forced"))),
+            ((7, 8), 0o600)
+        );
+        // The mount's own xattrs cannot be set through it.
+        let set = util::fixture::try_set_xattr(&m.join("plain"), attr, b"0:0:0777");
+        assert!(
+            matches!(set, Err(libc::EPERM | libc::EOPNOTSUPP)),
+            "{set:?}"
+        );
+        assert_eq!(stored(&u.join("plain")), "0:0:0640");
+
+        // After a remount everything reads back.
+        mnt.unmount();
+        let _mnt = util::mount_ours_rw(&[s.path("l")], &u, &w, &m, &opts);
+        assert_eq!((owner(&made), mode(&made)), ((42, 43), 0o4750));
+        assert_eq!(
+            (owner(&m.join("forced")), mode(&m.join("forced"))),
+            ((7, 8), 0o600)
+        );
+        assert_eq!(mode(&m.join("plain")), 0o640);
+    }
 }

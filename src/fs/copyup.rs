@@ -10,6 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::node::ChainDir;
+use super::owner_xattr::{self, Owner};
 use super::upper::{self, Upper};
 use super::{marker, Overlay};
 use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind, SetTime, Stat};
@@ -67,16 +68,19 @@ impl Overlay {
         let (parent, name) = node.parent_and_name();
         let path = parent.path();
         let src_dir = self.layer_dir(&parent, &path, node.top_layer())?;
-        let st = src_dir.stat_child(&name)?;
+        let mut st = src_dir.stat_child(&name)?;
+        if let Some(owner) = self.owner_xattr(&src_dir, Some(&name)) {
+            owner.apply(&mut st);
+        }
         let updir = self.layer_dir(&parent, &path, 0)?;
         if node.kind == FileKind::Directory {
             let tmp = up.temp_name();
             let built = (|| {
                 up.work.mkdir(&tmp, 0o700)?;
                 let d = up.work.child_dir(&tmp)?;
-                copy_xattrs(&src_dir.child_dir(&name)?, None, &d, None)?;
+                copy_xattrs(up, &src_dir.child_dir(&name)?, None, &d, None)?;
                 up.set_origin(&d, None, (st.dev, st.ino));
-                set_meta(&d, None, &st)
+                set_meta(up, &d, None, &st)
             })();
             self.publish(up, built, &tmp, &parent, &updir, &name)?;
             let mut chain = node.chain();
@@ -221,9 +225,9 @@ pub(super) fn copy_object(
         FileKind::Directory => return Err(Errno::EISDIR),
         _ => dst_dir.mknod(dst_name, (st.mode & libc::S_IFMT) | 0o600, st.rdev)?,
     }
-    copy_xattrs(src_dir, Some(name), dst_dir, Some(dst_name))?;
+    copy_xattrs(up, src_dir, Some(name), dst_dir, Some(dst_name))?;
     up.set_origin(dst_dir, Some(dst_name), (st.dev, st.ino));
-    set_meta(dst_dir, Some(dst_name), st)?;
+    set_meta(up, dst_dir, Some(dst_name), st)?;
     if let Some(f) = data {
         if sync && up.fsync {
             f.sync_all().map_err(io_errno)?;
@@ -234,8 +238,56 @@ pub(super) fn copy_object(
 
 /// Owner, mode and times of `st` onto `name` in `dir` (or `dir` itself). Owner first: a
 /// chown clears setuid bits the chmod then restores. An owner the daemon cannot give
-/// (rootless, unmapped id) fails with `EOVERFLOW` rather than leave the wrong owner.
-pub(super) fn set_meta(dir: &Dir, name: Option<&OsStr>, st: &Stat) -> Result<(), Errno> {
+/// (rootless, unmapped id) fails with `EOVERFLOW` rather than leave the wrong owner. With
+/// owner xattrs the owner and mode go into the xattr instead.
+pub(super) fn set_meta(
+    up: &Upper,
+    dir: &Dir,
+    name: Option<&OsStr>,
+    st: &Stat,
+) -> Result<(), Errno> {
+    if let Some(attr) = up.owner_xattr {
+        set_owner_xattr(dir, name, st, attr)?;
+    } else {
+        set_owner(dir, name, st)?;
+    }
+    let (a, m) = (SetTime::from(st.atime), SetTime::from(st.mtime));
+    match name {
+        Some(n) => dir.set_times_child(n, a, m),
+        None => dir.set_times(a, m),
+    }
+}
+
+/// Records the owner and mode of `st` in xattr `attr` of `name` in `dir` (or `dir`), and
+/// gives the object the mode the daemon keeps on disk. A symlink keeps the daemon's ids
+/// where its filesystem refuses user xattrs on symlinks.
+pub(super) fn set_owner_xattr(
+    dir: &Dir,
+    name: Option<&OsStr>,
+    st: &Stat,
+    attr: &str,
+) -> Result<(), Errno> {
+    let symlink = st.kind() == Some(FileKind::Symlink);
+    if !symlink {
+        let mode = owner_xattr::on_disk_mode(st.mode);
+        match name {
+            Some(n) => dir.chmod_child(n, mode)?,
+            None => dir.chmod(mode)?,
+        }
+    }
+    let value = Owner::of(st).encode();
+    let attr = OsStr::new(attr);
+    let set = match name {
+        Some(n) => dir.child_xattr_set(n, attr, &value, 0),
+        None => dir.xattr_set(attr, &value, 0),
+    };
+    match set {
+        Err(Errno::EPERM | Errno::EOPNOTSUPP) if symlink => Ok(()),
+        other => other,
+    }
+}
+
+fn set_owner(dir: &Dir, name: Option<&OsStr>, st: &Stat) -> Result<(), Errno> {
     let chown = match name {
         Some(n) => dir.chown_child(n, Some(st.uid), Some(st.gid)),
         None => dir.chown(Some(st.uid), Some(st.gid)),
@@ -251,17 +303,15 @@ pub(super) fn set_meta(dir: &Dir, name: Option<&OsStr>, st: &Stat) -> Result<(),
             None => dir.chmod(st.mode)?,
         }
     }
-    let (a, m) = (SetTime::from(st.atime), SetTime::from(st.mtime));
-    match name {
-        Some(n) => dir.set_times_child(n, a, m),
-        None => dir.set_times(a, m),
-    }
+    Ok(())
 }
 
-/// Copies the xattrs of `src` (child `src_name` of `src_dir`, or the dir itself) to `dst`,
+/// Copies the xattrs of `src` (child `src_name` of `src_dir`, or the dir itself) to `dst`
+/// (without owner xattrs when the upper writes its own),
 /// leaving out the overlay's own. Xattrs the upper filesystem refuses for this type or this
 /// user (user xattrs on special files, `security.*` unprivileged) are skipped.
 pub(super) fn copy_xattrs(
+    up: &Upper,
     src_dir: &Dir,
     src_name: Option<&OsStr>,
     dst_dir: &Dir,
@@ -277,7 +327,9 @@ pub(super) fn copy_xattrs(
         Err(e) => return Err(e),
     };
     for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if marker::is_private_xattr(attr) {
+        if marker::is_private_xattr(attr)
+            || (up.owner_xattr.is_some() && owner_xattr::is_owner_xattr(attr))
+        {
             continue;
         }
         let attr = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(attr);

@@ -15,6 +15,7 @@ pub mod merge;
 mod names;
 mod nameset;
 pub mod node;
+pub mod owner_xattr;
 mod rename;
 pub mod resolve;
 mod setattr;
@@ -46,6 +47,7 @@ use handle::Handle;
 use ident::{Inos, ROOT_ID};
 use layer::LayerDir;
 use node::{Chain, ChainDir, Node, NodeTable};
+use owner_xattr::Owner;
 use resolve::Resolved;
 use stripes::Stripes;
 
@@ -120,6 +122,9 @@ pub struct View {
     pub ino32: bool,
     /// Xattrs are not served (`noxattrs`).
     pub no_xattrs: bool,
+    /// Owners and modes are kept in this xattr of the upper layer's objects and read from
+    /// the owner xattrs of every layer (`xattr_permissions=1|2`; `None`: off).
+    pub owner_xattr: Option<&'static str>,
 }
 
 /// A callback dropping the kernel's cached attributes of a node id.
@@ -185,6 +190,9 @@ impl Overlay {
     pub fn with_view(mut self, view: View) -> Overlay {
         if view.ino32 {
             self.inos.limit_to_32_bits();
+        }
+        if let Some(up) = self.upper.as_mut() {
+            up.owner_xattr = view.owner_xattr;
         }
         self.view = view;
         self
@@ -333,6 +341,11 @@ impl Overlay {
     fn attr(&self, node: &Node, st: &Stat) -> Attr {
         let one_link =
             node.kind == FileKind::Directory && (node.chain().len() > 1 || self.view.static_nlink);
+        let mut st = *st;
+        if let Some(owner) = self.node_owner_xattr(node) {
+            owner.apply(&mut st);
+        }
+        let st = &st;
         let mut a = Attr::new(node.id, node.kind, st, one_link);
         a.uid = self.view.ids.uids.shown(st.uid);
         a.gid = self.view.ids.gids.shown(st.gid);
@@ -524,10 +537,45 @@ impl Overlay {
         self.dirs.remove(&fh);
     }
 
+    /// The owner xattr of `name` in `dir` (or of `dir` itself) while `xattr_permissions=`
+    /// is on: the mount's own name first, then the others.
+    pub(super) fn owner_xattr(&self, dir: &Dir, name: Option<&OsStr>) -> Option<Owner> {
+        let own = self.view.owner_xattr?;
+        std::iter::once(own)
+            .chain(owner_xattr::NAMES)
+            .find_map(|attr| {
+                let attr = OsStr::new(attr);
+                match name {
+                    Some(n) => dir.child_xattr_get(n, attr),
+                    None => dir.xattr_get(attr),
+                }
+                .ok()
+            })
+            .and_then(|v| Owner::parse(&v))
+    }
+
+    /// The owner xattr of a node, where it lies now.
+    fn node_owner_xattr(&self, node: &Node) -> Option<Owner> {
+        self.view.owner_xattr?;
+        if node.kind == FileKind::Directory {
+            return self.owner_xattr(&*self.dir_of(node).ok()?, None);
+        }
+        let node = self.nodes.get(node.id).ok()?;
+        let (dir, name) = self.locate(&node).ok()?;
+        self.owner_xattr(&dir, Some(&name))
+    }
+
+    /// True for an xattr name clients may not see or change: the overlay's own, and the
+    /// owner xattrs while `xattr_permissions=` uses them.
+    fn hidden_xattr(&self, name: &[u8]) -> bool {
+        marker::is_private_xattr(name)
+            || (self.view.owner_xattr.is_some() && owner_xattr::is_owner_xattr(name))
+    }
+
     /// The value of xattr `name` of `ino`; the overlay's own xattrs do not exist here.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         self.xattrs_served()?;
-        if marker::is_private_xattr(name.as_bytes()) {
+        if self.hidden_xattr(name.as_bytes()) {
             return Err(Errno::ENODATA);
         }
         let node = self.nodes.get(ino)?;
@@ -548,7 +596,18 @@ impl Overlay {
             let (dir, child) = self.locate(&node)?;
             dir.child_xattr_list(&child)?
         };
-        Ok(marker::visible_xattr_list(&list))
+        let list = marker::visible_xattr_list(&list);
+        if self.view.owner_xattr.is_none() {
+            return Ok(list);
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if !owner_xattr::is_owner_xattr(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
     }
 
     /// With `noxattrs`, `ENOSYS` for every xattr request: the kernel then answers

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::layer::{Layer, Probe};
 use super::node::{ChainDir, Node};
 use super::upper::{self, MarkerFormat};
-use super::{marker, Attr, Caller, Overlay};
-use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind};
+use super::{copyup, marker, owner_xattr, Attr, Caller, Overlay};
+use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind, Stat};
 
 /// What to make at a new name.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +26,16 @@ pub enum NewObject<'a> {
     Node(u32, u64),
     /// A symlink to this target.
     Symlink(&'a [u8]),
+}
+
+/// The `S_IFMT` bits of what is made.
+fn kind_bits(what: NewObject<'_>) -> u32 {
+    match what {
+        NewObject::File(_) => libc::S_IFREG,
+        NewObject::Dir => libc::S_IFDIR,
+        NewObject::Node(kind, _) => kind & libc::S_IFMT,
+        NewObject::Symlink(_) => libc::S_IFLNK,
+    }
 }
 
 /// Names a user may not create through the mount: they would read back as markers.
@@ -89,13 +99,36 @@ impl Overlay {
             self.creds.1
         };
         let foreign = uid != self.creds.0 || gid != default_gid;
-        let in_work = over_whiteout || foreign;
+        // With owner xattrs the object is built in the work dir too: it appears with its
+        // xattr already set.
+        let in_work = over_whiteout || foreign || up.owner_xattr.is_some();
         let (build_dir, build_name) = if in_work {
             (&up.work, up.temp_name())
         } else {
             (&*updir, name.to_owned())
         };
-        let made = build(build_dir, &build_name, what, perm, uid, gid);
+        let made = match up.owner_xattr {
+            // Owner and mode go into the xattr; the object keeps the daemon's ids.
+            Some(attr) => build(
+                build_dir,
+                &build_name,
+                what,
+                owner_xattr::on_disk_mode(kind_bits(what) | perm) & 0o7777,
+                self.creds.0,
+                default_gid,
+            )
+            .and_then(|f| {
+                let st = Stat {
+                    uid,
+                    gid,
+                    mode: kind_bits(what) | perm,
+                    ..updir.stat()?
+                };
+                copyup::set_owner_xattr(build_dir, Some(&build_name), &st, attr)?;
+                Ok(f)
+            }),
+            None => build(build_dir, &build_name, what, perm, uid, gid),
+        };
         let file = match made {
             Ok(f) => f,
             Err(e) => {

@@ -271,12 +271,16 @@ impl Overlay {
             let src_dir = self.layer_dir(dir, &path, top)?;
             let (id, _, _) = self.identify(dir, name, &r)?;
             let tmp = up.temp_name();
-            let index = if r.top.nlink > 1 {
-                let key = self.ensure_index(up, &src_dir, name, &r.top, false)?;
+            let mut st = r.top;
+            if let Some(owner) = self.owner_xattr(&src_dir, Some(name)) {
+                owner.apply(&mut st);
+            }
+            let index = if st.nlink > 1 {
+                let key = self.ensure_index(up, &src_dir, name, &st, false)?;
                 up.index.link(&key, &up.work, &tmp)?;
                 Some(key)
             } else {
-                copy_object(up, &src_dir, name, &r.top, &up.work, &tmp, false, false)?;
+                copy_object(up, &src_dir, name, &st, &up.work, &tmp, false, false)?;
                 None
             };
             staged.push(Staged {

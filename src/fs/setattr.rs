@@ -5,8 +5,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 
 use super::idmap::OneMap;
-use super::{marker, Attr, Overlay};
-use crate::sys::{io_errno, Errno, FileKind, SetTime};
+use super::owner_xattr::{self, Owner};
+use super::{copyup, marker, Attr, Overlay};
+use crate::sys::{io_errno, Dir, Errno, FileKind, SetTime};
 
 /// The attributes a setattr request changes (`None`: leave as is).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,22 +48,26 @@ impl Overlay {
             // them must not be undone by one.
             let _lock = self.dir_locks.lock(node.id);
             let dir = self.dir_of(&node)?;
-            if set.uid.is_some() || set.gid.is_some() {
-                self.owner_change(dir.chown(set.uid, set.gid))?;
-            }
-            if let Some(mode) = set.mode {
-                dir.chmod(mode)?;
+            if !self.owner_in_xattr(&dir, None, set)? {
+                if set.uid.is_some() || set.gid.is_some() {
+                    self.owner_change(dir.chown(set.uid, set.gid))?;
+                }
+                if let Some(mode) = set.mode {
+                    dir.chmod(mode)?;
+                }
             }
             if times {
                 dir.set_times(atime, mtime)?;
             }
         } else {
             let (dir, name) = self.locate(&node)?;
-            if set.uid.is_some() || set.gid.is_some() {
-                self.owner_change(dir.chown_child(&name, set.uid, set.gid))?;
-            }
-            if let Some(mode) = set.mode {
-                dir.chmod_child(&name, mode)?;
+            if !self.owner_in_xattr(&dir, Some(&name), set)? {
+                if set.uid.is_some() || set.gid.is_some() {
+                    self.owner_change(dir.chown_child(&name, set.uid, set.gid))?;
+                }
+                if let Some(mode) = set.mode {
+                    dir.chmod_child(&name, mode)?;
+                }
             }
             if let Some(size) = set.size {
                 match fh.and_then(|fh| self.writable_file(fh)) {
@@ -79,6 +84,37 @@ impl Overlay {
         }
         let st = self.stat_node(&node)?;
         Ok(self.attr(&node, &st))
+    }
+
+    /// With owner xattrs (`xattr_permissions=`), records the owner and mode `set` changes in
+    /// the xattr of upper object `name` in `dir` (or of `dir`), leaving the object itself as
+    /// it is; false where the inode itself must change (the option is off, or a symlink).
+    fn owner_in_xattr(
+        &self,
+        dir: &Dir,
+        name: Option<&OsStr>,
+        set: &SetAttr,
+    ) -> Result<bool, Errno> {
+        let Some(attr) = self.upper.as_ref().and_then(|up| up.owner_xattr) else {
+            return Ok(false);
+        };
+        if set.uid.is_none() && set.gid.is_none() && set.mode.is_none() {
+            return Ok(true);
+        }
+        let real = match name {
+            Some(n) => dir.stat_child(n)?,
+            None => dir.stat()?,
+        };
+        if real.kind() == Some(FileKind::Symlink) {
+            return Ok(false);
+        }
+        let current = self.owner_xattr(dir, name).unwrap_or(Owner::of(&real));
+        let mut st = real;
+        st.uid = set.uid.unwrap_or(current.uid);
+        st.gid = set.gid.unwrap_or(current.gid);
+        st.mode = (real.mode & libc::S_IFMT) | set.mode.map_or(current.perm, |m| m & 0o7777);
+        copyup::set_owner_xattr(dir, name, &st, attr)?;
+        Ok(true)
     }
 
     /// `set` with its owner as stored in the layers. Under a squash option an owner that
@@ -150,6 +186,10 @@ impl Overlay {
     fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<(), Errno> {
         if marker::is_private_xattr(name.as_bytes()) {
             return Err(Errno::EOPNOTSUPP);
+        }
+        if self.view.owner_xattr.is_some() && owner_xattr::is_owner_xattr(name.as_bytes()) {
+            // As fuse-overlayfs: the owner xattrs are the mount's to change.
+            return Err(Errno::EPERM);
         }
         self.writable()?;
         let node = self.live_node(ino)?;

@@ -83,6 +83,9 @@ pub struct Upper {
     pub format: MarkerFormat,
     /// Whether copied-up data is fsynced before it is renamed into place.
     pub fsync: bool,
+    /// The xattr holding owners and modes (`xattr_permissions=`): objects on disk keep the
+    /// daemon's ids. Set by `Overlay::with_view`.
+    pub owner_xattr: Option<&'static str>,
     /// The xattr recording a copied-up object's origin (`trusted.` as root: it can be set on
     /// every file type; `user.` otherwise).
     origin_attr: &'static str,
@@ -141,6 +144,7 @@ impl Upper {
             index,
             format,
             fsync,
+            owner_xattr: None,
             origin_attr: marker::ORIGIN_XATTRS[usize::from(!root_user)],
             impure_attr: marker::IMPURE_XATTRS[usize::from(!root_user)],
             impure_unrecorded: AtomicBool::new(false),

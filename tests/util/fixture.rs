@@ -156,6 +156,17 @@ fn parent(path: &Path) {
 
 /// `lsetxattr`, panicking with the path on failure.
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    if let Err(e) = try_set_xattr(path, name, value) {
+        panic!(
+            "setxattr {name} on {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(e)
+        );
+    }
+}
+
+/// `lsetxattr`; the errno on failure.
+pub fn try_set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), i32> {
     let n = CString::new(name).unwrap();
     // SAFETY: test helper; NUL-terminated strings and a valid buffer.
     let r = unsafe {
@@ -167,13 +178,11 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
             0,
         )
     };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {name} on {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
 }
 
 /// `mknod`, panicking on failure.
