@@ -190,6 +190,8 @@ fn xattr_permissions_keep_owners_and_modes_in_xattrs() {
         let s = Scratch::new();
         Layer::default()
             .file("plain", "p")
+            .file("owned", "o")
+            .owner("owned", 5, 6)
             .file("forced", "f")
             .xattr("forced", "user.containers.override_stat", "7:8:0600:file")
             .dir_mode("shared", 0o777)
@@ -245,6 +247,52 @@ fn xattr_permissions_keep_owners_and_modes_in_xattrs() {
         assert_eq!(stored(&u.join("shared/dir")), "0:0:0755");
         fs::set_permissions(m.join("plain"), fs::Permissions::from_mode(0o640)).unwrap();
         assert_eq!(stored(&u.join("plain")), "0:0:0640");
+        assert_eq!(
+            stored(&u.join("shared")),
+            "0:0:0777",
+            "the copied-up parent"
+        );
+        // A lower owner the daemon could give (it is root) still goes into the xattr.
+        fs::set_permissions(m.join("owned"), fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            (owner(&u.join("owned")), stored(&u.join("owned"))),
+            ((0, 0), "5:6:0640".to_owned())
+        );
+        assert_eq!(owner(&m.join("owned")), (5, 6));
+        // A symlink shows its creator (in the xattr, or on the inode where user xattrs are
+        // refused on symlinks).
+        assert!(sh_as(
+            1234,
+            1234,
+            &format!("ln -s target {}", m.join("shared/link").display())
+        ));
+        assert_eq!(owner(&m.join("shared/link")), (1234, 1234));
+        // A setgid directory, setgid and group only in its xattr, still hands both down.
+        let sgid = m.join("shared/dir");
+        chown(&sgid, Some(0), Some(77)).unwrap();
+        fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2777)).unwrap();
+        assert!(sh_as(
+            1234,
+            1234,
+            &format!("umask 022; : > {0}/f; mkdir {0}/d", sgid.display())
+        ));
+        assert_eq!(owner(&sgid.join("f")), (1234, 77));
+        assert_eq!(
+            (owner(&sgid.join("d")).1, mode(&sgid.join("d")) & 0o2000),
+            (77, 0o2000)
+        );
+        // An open file that is unlinked keeps its shown owner, and a chmod through it works.
+        let open = fs::File::open(&made).unwrap();
+        fs::remove_file(&made).unwrap();
+        let meta = open.metadata().unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+            (42, 43, 0o4750)
+        );
+        open.set_permissions(fs::Permissions::from_mode(0o700))
+            .unwrap();
+        assert_eq!(open.metadata().unwrap().mode() & 0o7777, 0o700);
+        drop(open);
         // A copy-up of an overridden lower file keeps what was shown, in the mount's own
         // xattr only.
         util::must(
@@ -253,6 +301,11 @@ fn xattr_permissions_keep_owners_and_modes_in_xattrs() {
                 .arg(format!("echo more >> {}", m.join("forced").display())),
         );
         assert_eq!(stored(&u.join("forced")), "7:8:0600");
+        assert_eq!(
+            owner(&u.join("forced")),
+            (0, 0),
+            "the inode stays the daemon's"
+        );
         let upper_xattrs = tree::xattrs(&u.join("forced"));
         assert!(
             !upper_xattrs.contains_key("user.containers.override_stat"),
@@ -270,10 +323,18 @@ fn xattr_permissions_keep_owners_and_modes_in_xattrs() {
         );
         assert_eq!(stored(&u.join("plain")), "0:0:0640");
 
-        // After a remount everything reads back.
+        // After a remount everything reads back, through readdirplus (ls) first.
         mnt.unmount();
         let _mnt = util::mount_ours_rw(&[s.path("l")], &u, &w, &m, &opts);
-        assert_eq!((owner(&made), mode(&made)), ((42, 43), 0o4750));
+        let ls = util::must(Command::new("ls").arg("-ln").arg(&m));
+        let line = String::from_utf8_lossy(&ls.stdout)
+            .lines()
+            .find(|l| l.ends_with(" forced"))
+            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+            .unwrap();
+        assert_eq!(line, "-rw------- 1 7 8");
+        let made = m.join("shared/dir/f");
+        assert_eq!(owner(&made), (1234, 77));
         assert_eq!(
             (owner(&m.join("forced")), mode(&m.join("forced"))),
             ((7, 8), 0o600)

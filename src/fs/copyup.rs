@@ -259,8 +259,7 @@ pub(super) fn set_meta(
 }
 
 /// Records the owner and mode of `st` in xattr `attr` of `name` in `dir` (or `dir`), and
-/// gives the object the mode the daemon keeps on disk. A symlink keeps the daemon's ids
-/// where its filesystem refuses user xattrs on symlinks.
+/// gives the object the mode the daemon keeps on disk.
 pub(super) fn set_owner_xattr(
     dir: &Dir,
     name: Option<&OsStr>,
@@ -282,7 +281,12 @@ pub(super) fn set_owner_xattr(
         None => dir.xattr_set(attr, &value, 0),
     };
     match set {
-        Err(Errno::EPERM | Errno::EOPNOTSUPP) if symlink => Ok(()),
+        // User xattrs are refused on symlinks: the owner goes on the inode where the daemon
+        // may give it, and otherwise stays the daemon's (as with fuse-overlayfs).
+        Err(Errno::EPERM | Errno::EOPNOTSUPP) if symlink => match set_owner(dir, name, st) {
+            Err(Errno::EOVERFLOW) => Ok(()),
+            other => other,
+        },
         other => other,
     }
 }

@@ -2,6 +2,7 @@
 //! A descriptor opened on a lower file before its copy-up is switched to the upper copy at
 //! its next read, so it sees the data written since.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,11 @@ impl Handle {
     /// Status of the open object.
     pub(super) fn stat(&self) -> Result<Stat, Errno> {
         file::fstat(&self.file())
+    }
+
+    /// Xattr `name` of the open object.
+    pub(super) fn xattr_get(&self, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        file::xattr_get(&self.file(), name)
     }
 }
 

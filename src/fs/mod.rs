@@ -377,13 +377,13 @@ impl Overlay {
                 Some(h) => h,
                 None => self.any_handle(ino).ok_or(Errno::ENOENT)?,
             };
-            return Ok(self.attr(&node, &handle.stat()?));
+            return Ok(self.attr(&node, &self.open_stat(&handle)?));
         }
         let st = match self.stat_node(&node) {
             // The only name this node knew is gone, though other links remain (never looked
             // up): an open descriptor still answers.
             Err(Errno::ENOENT) => match fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone())) {
-                Some(h) => h.stat()?,
+                Some(h) => self.open_stat(&h)?,
                 None => return Err(Errno::ENOENT),
             },
             r => r?,
@@ -537,26 +537,43 @@ impl Overlay {
         self.dirs.remove(&fh);
     }
 
-    /// The owner xattr of `name` in `dir` (or of `dir` itself) while `xattr_permissions=`
-    /// is on: the mount's own name first, then the others.
-    pub(super) fn owner_xattr(&self, dir: &Dir, name: Option<&OsStr>) -> Option<Owner> {
+    /// The owner xattr `get` finds while `xattr_permissions=` is on: the mount's own name
+    /// first, then the others.
+    pub(super) fn owner_from(
+        &self,
+        get: impl Fn(&OsStr) -> Result<Vec<u8>, Errno>,
+    ) -> Option<Owner> {
         let own = self.view.owner_xattr?;
         std::iter::once(own)
-            .chain(owner_xattr::NAMES)
-            .find_map(|attr| {
-                let attr = OsStr::new(attr);
-                match name {
-                    Some(n) => dir.child_xattr_get(n, attr),
-                    None => dir.xattr_get(attr),
-                }
-                .ok()
-            })
+            .chain(owner_xattr::NAMES.into_iter().filter(|n| *n != own))
+            .find_map(|attr| get(OsStr::new(attr)).ok())
             .and_then(|v| Owner::parse(&v))
     }
 
-    /// The owner xattr of a node, where it lies now.
+    /// The owner xattr of `name` in `dir` (or of `dir` itself).
+    pub(super) fn owner_xattr(&self, dir: &Dir, name: Option<&OsStr>) -> Option<Owner> {
+        self.owner_from(|attr| match name {
+            Some(n) => dir.child_xattr_get(n, attr),
+            None => dir.xattr_get(attr),
+        })
+    }
+
+    /// `st` of an open file, with the owner xattr read through the same descriptor.
+    fn open_stat(&self, handle: &Handle) -> Result<Stat, Errno> {
+        let mut st = handle.stat()?;
+        if let Some(owner) = self.owner_from(|attr| handle.xattr_get(attr)) {
+            owner.apply(&mut st);
+        }
+        Ok(st)
+    }
+
+    /// The owner xattr of a linked node, where it lies now (an unlinked one is read through
+    /// an open descriptor, by `open_stat`).
     fn node_owner_xattr(&self, node: &Node) -> Option<Owner> {
         self.view.owner_xattr?;
+        if node.is_unlinked() {
+            return None;
+        }
         if node.kind == FileKind::Directory {
             return self.owner_xattr(&*self.dir_of(node).ok()?, None);
         }

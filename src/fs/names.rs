@@ -76,7 +76,12 @@ impl Overlay {
         if self.resolve(&dir, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let parent_st = updir.stat()?;
+        let real_parent = updir.stat()?;
+        // The parent as shown: with owner xattrs its group and setgid bit live there.
+        let mut parent_st = real_parent;
+        if let Some(owner) = self.owner_xattr(&updir, None) {
+            owner.apply(&mut parent_st);
+        }
         let setgid_dir = parent_st.mode & libc::S_ISGID != 0;
         // The caller's ids as stored (the overflow id where the id mapping lacks them).
         let (uid, caller_gid) = self.view.ids.creator(caller.uid, caller.gid);
@@ -93,8 +98,8 @@ impl Overlay {
         // An object the daemon would create with another owner than the caller's is built
         // in the work dir and renamed in once it is owned right: a crash never leaves it
         // visible with the daemon's ids (and a setuid bit).
-        let default_gid = if setgid_dir {
-            parent_st.gid
+        let default_gid = if real_parent.mode & libc::S_ISGID != 0 {
+            real_parent.gid
         } else {
             self.creds.1
         };

@@ -88,7 +88,8 @@ impl Overlay {
 
     /// With owner xattrs (`xattr_permissions=`), records the owner and mode `set` changes in
     /// the xattr of upper object `name` in `dir` (or of `dir`), leaving the object itself as
-    /// it is; false where the inode itself must change (the option is off, or a symlink).
+    /// it is (a symlink whose filesystem refuses the xattr gets its owner on the inode);
+    /// false when the option is off.
     fn owner_in_xattr(
         &self,
         dir: &Dir,
@@ -105,9 +106,6 @@ impl Overlay {
             Some(n) => dir.stat_child(n)?,
             None => dir.stat()?,
         };
-        if real.kind() == Some(FileKind::Symlink) {
-            return Ok(false);
-        }
         let current = self.owner_xattr(dir, name).unwrap_or(Owner::of(&real));
         let mut st = real;
         st.uid = set.uid.unwrap_or(current.uid);
@@ -148,12 +146,35 @@ impl Overlay {
             .and_then(|fh| self.writable_file(fh))
             .or_else(|| self.any_handle(ino).and_then(|h| h.writable()))
             .ok_or(Errno::ENOENT)?;
-        if set.uid.is_some() || set.gid.is_some() {
-            self.owner_change(std::os::unix::fs::fchown(&*f, set.uid, set.gid).map_err(io_errno))?;
-        }
-        if let Some(mode) = set.mode {
-            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(io_errno)?;
+        let owner_attr = self.upper.as_ref().and_then(|up| up.owner_xattr);
+        let changes_owner = set.uid.is_some() || set.gid.is_some() || set.mode.is_some();
+        match owner_attr {
+            Some(attr) if changes_owner => {
+                let real = crate::sys::file::fstat(&f)?;
+                let current = self
+                    .owner_from(|a| crate::sys::file::xattr_get(&f, a))
+                    .unwrap_or(Owner::of(&real));
+                let new = Owner {
+                    uid: set.uid.unwrap_or(current.uid),
+                    gid: set.gid.unwrap_or(current.gid),
+                    perm: set.mode.map_or(current.perm, |m| m & 0o7777),
+                };
+                crate::sys::file::xattr_set(&f, OsStr::new(attr), &new.encode())?;
+                let disk = owner_xattr::on_disk_mode(real.mode & libc::S_IFMT | new.perm);
+                f.set_permissions(std::fs::Permissions::from_mode(disk & 0o7777))
+                    .map_err(io_errno)?;
+            }
+            _ => {
+                if set.uid.is_some() || set.gid.is_some() {
+                    self.owner_change(
+                        std::os::unix::fs::fchown(&*f, set.uid, set.gid).map_err(io_errno),
+                    )?;
+                }
+                if let Some(mode) = set.mode {
+                    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                        .map_err(io_errno)?;
+                }
+            }
         }
         if let Some(size) = set.size {
             f.set_len(size).map_err(io_errno)?;
@@ -166,7 +187,10 @@ impl Overlay {
             times = times.set_modified(t);
         }
         f.set_times(times).map_err(io_errno)?;
-        let st = crate::sys::file::fstat(&f)?;
+        let mut st = crate::sys::file::fstat(&f)?;
+        if let Some(owner) = self.owner_from(|a| crate::sys::file::xattr_get(&f, a)) {
+            owner.apply(&mut st);
+        }
         Ok(self.attr(&node, &st))
     }
 

@@ -1,4 +1,4 @@
-//! Calls on open files that std does not offer: status as [`Stat`], fallocate, and the
+//! Calls on open files that std does not offer: status as [`Stat`], xattrs, fallocate, and the
 //! data-copy primitives copy-up uses (reflink, copy_file_range, hole finding).
 
 use std::fs::File;
@@ -6,6 +6,18 @@ use std::os::fd::AsRawFd;
 
 use super::stat::Stat;
 use super::{check, Errno};
+
+/// Xattr `name` of the open file `f`.
+pub fn xattr_get(f: &File, name: &std::ffi::OsStr) -> Result<Vec<u8>, Errno> {
+    use std::os::fd::AsFd;
+    super::xattr::get(f.as_fd(), name)
+}
+
+/// Sets xattr `name` of the open file `f` to `value`.
+pub fn xattr_set(f: &File, name: &std::ffi::OsStr, value: &[u8]) -> Result<(), Errno> {
+    use std::os::fd::AsFd;
+    super::xattr::set(f.as_fd(), name, value, 0)
+}
 
 /// Status of the open file `f`.
 pub fn fstat(f: &File) -> Result<Stat, Errno> {
