@@ -730,3 +730,47 @@ fn rootless_containers() {
     );
     img.assert_clean();
 }
+
+#[test]
+fn rootless_without_subordinate_ids() {
+    // A user without /etc/subuid ranges gets only its own ids mapped (to 0), which the
+    // kernel allows without newuidmap; devpts then cannot use the tty group.
+    const USER: &str = "ofs-nosubid";
+    if !Command::new("id")
+        .arg(USER)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        must(Command::new("useradd").args(["--no-create-home", "--shell", "/bin/sh", USER]));
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{USER}:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(file, kept).unwrap();
+    }
+    rootless_user(); // /dev/fuse read-write for users
+    let uid: u32 = text(&must(Command::new("id").args(["-u", USER])).stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let img = Image::new();
+    let out = img.run_as(
+        Some(uid),
+        &[],
+        "cat /proc/self/uid_map; echo ---; mkdir /made && echo x > /made/f && cat /made/f; ls /dev/pts",
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let s = sections(&out);
+    assert_eq!(
+        s[0].split_whitespace().collect::<Vec<_>>(),
+        ["0", &uid.to_string(), "1"]
+    );
+    assert_eq!(s[1], "x\nptmx");
+    img.assert_clean();
+}
