@@ -752,7 +752,9 @@ fn rootless_without_subordinate_ids() {
             .filter(|l| !l.starts_with(&format!("{USER}:")))
             .map(|l| format!("{l}\n"))
             .collect();
-        fs::write(file, kept).unwrap();
+        if kept != text {
+            util::replace_file(file, &kept);
+        }
     }
     rootless_user(); // /dev/fuse read-write for users
     let uid: u32 = text(&must(Command::new("id").args(["-u", USER])).stdout)

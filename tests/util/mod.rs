@@ -429,10 +429,18 @@ pub fn rootless_user() -> u32 {
             .lines()
             .any(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
         {
-            std::fs::write(file, format!("{text}{ROOTLESS_USER}:300000:65536\n")).unwrap();
+            replace_file(file, &format!("{text}{ROOTLESS_USER}:300000:65536\n"));
         }
     }
     std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = must(Command::new("id").args(["-u", ROOTLESS_USER]));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Replaces the contents of `path` in one step (a temporary file renamed over it), so that
+/// tests running at the same time never read it half-written.
+pub fn replace_file(path: &str, text: &str) {
+    let tmp = format!("{path}.ofs-test-{}", std::process::id());
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
