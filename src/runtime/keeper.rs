@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
 
@@ -18,7 +18,7 @@ use super::workspace::{Layers, Workspace};
 use super::{container, wait_for};
 use crate::config::run::RunConfig;
 use crate::error::{Error, SETUP_EXIT};
-use crate::sys::container::{detach_and_tie, fork};
+use crate::sys::container::{detach_and_tie, fork, make_mounts_private};
 
 /// How long the daemon may take to mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,14 +70,7 @@ fn keep(
         link.ask("userns")?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| setup("cannot make a mount namespace", e))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| setup("cannot make the mounts private", e))?;
+    make_mounts_private().map_err(|e| setup("cannot make the mounts private", e))?;
     let daemon = match &workspace.layers {
         Some(layers) => Some(Daemon::start(
             layers,

@@ -10,11 +10,10 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::Mode;
-use nix::sys::statvfs::FsFlags;
 
 use crate::config::run::Bind;
 use crate::error::Error;
-use crate::sys::container::{fd_path, open_in_root, restrict_mount_tree};
+use crate::sys::container::{fd_path, make_mounts_private, open_in_root, restrict_mount_tree};
 
 /// Host devices bound into the container's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -154,45 +153,10 @@ fn mount_at(
         .map_err(|e| fail(format!("cannot mount {what}"), e))
 }
 
-/// The flags a read-only remount must repeat: in a user namespace the kernel refuses to
-/// clear nosuid, nodev or noexec that the mount already has.
-fn locked_flags(target: &Path) -> MsFlags {
-    let mut flags = MsFlags::empty();
-    if let Ok(vfs) = nix::sys::statvfs::statvfs(target) {
-        let f = vfs.flags();
-        for (fs, ms) in [
-            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        ] {
-            if f.contains(fs) {
-                flags |= ms;
-            }
-        }
-    }
-    flags
-}
-
-fn remount_read_only(target: &Path, what: &str) -> Result<(), Error> {
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(target);
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-        .map_err(|e| fail(format!("cannot make {what} read-only"), e))
-}
-
 /// Builds the container's root at `root` and pivots into it. `own_network`: the container
 /// has its own network namespace (so a fresh sysfs may be mounted).
 pub fn enter(root: &Path, binds: &[Bind], own_network: bool) -> Result<(), Error> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| fail("cannot make the mounts private".into(), e))?;
+    make_mounts_private().map_err(|e| fail("cannot make the mounts private".into(), e))?;
     mount(
         Some(root),
         root,
@@ -450,7 +414,8 @@ fn mask() -> Result<(), Error> {
             None::<&str>,
         )
         .map_err(|e| fail(format!("cannot bind {path}"), e))?;
-        remount_read_only(Path::new(path), path)?;
+        restrict_mount_tree(Path::new(path), true, false)
+            .map_err(|e| fail(format!("cannot make {path} read-only"), e))?;
     }
     Ok(())
 }

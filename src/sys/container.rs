@@ -22,25 +22,8 @@ pub fn open_in_root(
     mode: u32,
 ) -> Result<OwnedFd, Errno> {
     let rel = cstr(path.as_os_str().as_bytes())?;
-    // SAFETY: open_how is plain integers, for which all-zero is valid.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = mode as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `rel` is NUL-terminated, `how` is fully initialised and its size is passed;
-    // the kernel only reads both. `root` is a live descriptor.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            rel.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    let fd = check(ret)? as RawFd;
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    super::dir::openat2_resolving(root, &rel, flags, mode, resolve)
 }
 
 /// The path through which `mount(2)` reaches the object `fd` refers to.
@@ -304,4 +287,17 @@ impl PidFd {
         check(ret)?;
         Ok(())
     }
+}
+
+/// Makes every mount of this process's mount namespace private, so nothing mounted or
+/// unmounted here propagates to the namespace it was copied from.
+pub fn make_mounts_private() -> Result<(), Errno> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
 }

@@ -36,12 +36,23 @@ pub(super) fn openat2(
     flags: i32,
     mode: u32,
 ) -> Result<OwnedFd, Errno> {
+    openat2_resolving(dir, path, flags, mode, RESOLVE_IN_LAYER)
+}
+
+/// openat2(2) with the `RESOLVE_*` rules `resolve`; the descriptor is close-on-exec.
+pub(super) fn openat2_resolving(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> Result<OwnedFd, Errno> {
     // SAFETY: open_how is plain integers, for which all-zero is a valid value (and the
     // value the kernel expects in fields we do not set).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.mode = mode as u64;
-    how.resolve = RESOLVE_IN_LAYER;
+    how.resolve = resolve;
     // SAFETY: `path` is a valid NUL-terminated string, `how` is a fully initialised open_how
     // whose size we pass; the kernel only reads both. `dir` is a live descriptor.
     let ret = unsafe {
