@@ -21,6 +21,9 @@ pub(super) struct Handle {
     file: RwLock<Arc<File>>,
     /// The descriptor is on the upper filesystem (final: the object never moves back down).
     on_upper: AtomicBool,
+    /// The descriptor is read-write with no status flags, so it can serve as the inode's
+    /// passthrough backing file as it is.
+    shareable: bool,
 }
 
 impl Handle {
@@ -74,12 +77,20 @@ impl Overlay {
             f.set_len(0).map_err(io_errno)?;
         }
         drop(dir);
-        Ok(self.add_handle(node, f, on_upper))
+        let shareable = layer_flags(flags) == libc::O_RDWR;
+        Ok(self.add_handle(node, f, on_upper, shareable))
     }
 
     /// Registers `f`, an open descriptor of `node`; `on_upper` says it is on the upper
-    /// filesystem (writes through it are allowed).
-    pub(super) fn add_handle(&self, node: Arc<Node>, f: File, on_upper: bool) -> u64 {
+    /// filesystem (writes through it are allowed), `shareable` that it is read-write with
+    /// no status flags.
+    pub(super) fn add_handle(
+        &self,
+        node: Arc<Node>,
+        f: File,
+        on_upper: bool,
+        shareable: bool,
+    ) -> u64 {
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -89,6 +100,7 @@ impl Overlay {
                 node,
                 file: RwLock::new(Arc::new(f)),
                 on_upper: AtomicBool::new(on_upper),
+                shareable,
             }),
         );
         fh
@@ -181,22 +193,26 @@ impl Overlay {
     /// A descriptor the kernel can do the I/O of open file `fh` on by itself (FUSE
     /// passthrough), or `None` where that would break a guarantee.
     ///
-    /// An upper object gets a read-write descriptor of its own, whatever `fh` was opened for:
-    /// the kernel keeps one backing file per inode, shared by every open of it. A lower object
-    /// gets its read-only descriptor only when `lower_frozen` says it can never be copied up
-    /// (no upper layer): a passthrough read keeps reading the file it was given, so a lower
-    /// backing file would not follow a copy-up the way [`Overlay::read`] does.
-    pub fn passthrough_file(&self, fh: u64, lower_frozen: bool) -> Option<File> {
+    /// An upper object gets a read-write descriptor, whatever `fh` was opened for: the kernel
+    /// keeps one backing file per inode, shared by every open of it. That is the handle's own
+    /// where it is plain read-write (the kernel takes its own reference), else a new one. A
+    /// lower object gets its read-only descriptor only when `lower_frozen` says it can never
+    /// be copied up (no upper layer): a passthrough read keeps reading the file it was given,
+    /// so a lower backing file would not follow a copy-up the way [`Overlay::read`] does.
+    pub fn passthrough_file(&self, fh: u64, lower_frozen: bool) -> Option<Arc<File>> {
         let h = self.handle(fh).ok()?;
         if h.on_upper.load(Ordering::Acquire) {
             if h.node.is_unlinked() {
                 return None;
             }
+            if h.shareable {
+                return Some(h.file());
+            }
             let (dir, name) = self.locate(&h.node).ok()?;
-            return dir.open_file(&name, libc::O_RDWR).ok();
+            return dir.open_file(&name, libc::O_RDWR).ok().map(Arc::new);
         }
         if lower_frozen {
-            return h.file().try_clone().ok();
+            return Some(h.file());
         }
         None
     }

@@ -18,8 +18,8 @@ use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind, Stat};
 /// What to make at a new name.
 #[derive(Clone, Copy, Debug)]
 pub enum NewObject<'a> {
-    /// A regular file opened with these open(2) flags.
-    File(i32),
+    /// A regular file, left open (read-write) for the creator.
+    File,
     /// A directory.
     Dir,
     /// A fifo, socket or device node: its `S_IFMT` type bits and device number.
@@ -31,7 +31,7 @@ pub enum NewObject<'a> {
 /// The `S_IFMT` bits of what is made.
 fn kind_bits(what: NewObject<'_>) -> u32 {
     match what {
-        NewObject::File(_) => libc::S_IFREG,
+        NewObject::File => libc::S_IFREG,
         NewObject::Dir => libc::S_IFDIR,
         NewObject::Node(kind, _) => kind & libc::S_IFMT,
         NewObject::Symlink(_) => libc::S_IFLNK,
@@ -73,9 +73,14 @@ impl Overlay {
         }
         let updir = self.upper_dir(&dir)?;
         let _lock = self.dir_locks.lock(dir.id);
-        if self.resolve(&dir, name)?.is_some() {
-            return Err(Errno::EEXIST);
-        }
+        // One look at the upper directory: an object there exists, a whiteout hides every
+        // lower layer, and otherwise the lower layers decide.
+        let over_whiteout = match Layer::probe(&updir, false, name)? {
+            Probe::Object(_) => return Err(Errno::EEXIST),
+            Probe::Whiteout => true,
+            Probe::Absent if self.lower_has(&dir, name)? => return Err(Errno::EEXIST),
+            Probe::Absent => false,
+        };
         let real_parent = updir.stat()?;
         // The parent as shown: with owner xattrs its group and setgid bit live there.
         let mut parent_st = real_parent;
@@ -94,7 +99,6 @@ impl Overlay {
         if setgid_dir && matches!(what, NewObject::Dir) {
             perm |= libc::S_ISGID;
         }
-        let over_whiteout = Layer::probe(&updir, false, name)? == Probe::Whiteout;
         // An object the daemon would create with another owner than the caller's is built
         // in the work dir and renamed in once it is owned right: a crash never leaves it
         // visible with the daemon's ids (and a setuid bit).
@@ -122,7 +126,7 @@ impl Overlay {
                 self.creds.0,
                 default_gid,
             )
-            .and_then(|f| {
+            .and_then(|(f, built)| {
                 let st = Stat {
                     uid,
                     gid,
@@ -130,12 +134,12 @@ impl Overlay {
                     ..updir.stat()?
                 };
                 copyup::set_owner_xattr(build_dir, Some(&build_name), &st, attr)?;
-                Ok(f)
+                Ok((f, built))
             }),
             None => build(build_dir, &build_name, what, perm, uid, gid),
         };
-        let file = match made {
-            Ok(f) => f,
+        let (file, built) = match made {
+            Ok(made) => made,
             Err(e) => {
                 let _ = upper::remove_tree(build_dir, &build_name);
                 return Err(e);
@@ -163,7 +167,12 @@ impl Overlay {
                 return Err(e);
             }
         }
-        let st = updir.stat_child(name)?;
+        // Moved in from the work dir, its status changed on the way.
+        let st = if in_work {
+            updir.stat_child(name)?
+        } else {
+            built
+        };
         let id = self.inos.id(st.dev, st.ino);
         let kind = st.kind().ok_or(Errno::EIO)?;
         let chain = vec![ChainDir {
@@ -173,7 +182,7 @@ impl Overlay {
         let node = self.nodes.remember(id, kind, chain, None, &dir, name);
         let attr = self.attr(&node, &st);
         let generation = node.generation;
-        let fh = file.map(|f| self.add_handle(node, f, true));
+        let fh = file.map(|f| self.add_handle(node, f, true, true));
         Ok((attr, generation, fh))
     }
 
@@ -352,30 +361,21 @@ fn build(
     perm: u32,
     uid: u32,
     gid: u32,
-) -> Result<Option<File>, Errno> {
+) -> Result<(Option<File>, Stat), Errno> {
     let mut file = None;
     match what {
-        NewObject::File(flags) => {
-            let access = flags & libc::O_ACCMODE;
-            let f = dir.create_file(
-                name,
-                if access == libc::O_RDONLY {
-                    libc::O_RDWR
-                } else {
-                    access
-                },
-                perm,
-            )?;
-            file = Some(f);
-        }
+        // Read-write whatever the caller asked for (the kernel checks each request against
+        // the caller's own open mode): the descriptor can then back passthrough I/O as it is.
+        NewObject::File => file = Some(dir.create_file(name, libc::O_RDWR, perm)?),
         NewObject::Dir => dir.mkdir(name, perm)?,
         NewObject::Node(kind, rdev) => dir.mknod(name, (kind & libc::S_IFMT) | perm, rdev)?,
         NewObject::Symlink(target) => dir.symlink(name, target)?,
     }
-    let st = match &file {
-        Some(f) => file::fstat(f)?,
-        None => dir.stat_child(name)?,
+    let stat = |file: &Option<File>| match file {
+        Some(f) => file::fstat(f),
+        None => dir.stat_child(name),
     };
+    let st = stat(&file)?;
     let own = (st.uid != uid).then_some(uid);
     let grp = (st.gid != gid).then_some(gid);
     if own.is_some() || grp.is_some() {
@@ -383,7 +383,8 @@ fn build(
     }
     let chowned = own.is_some() || grp.is_some();
     let lost = st.mode & 0o7777 != perm || (chowned && perm & 0o6000 != 0);
-    if !matches!(what, NewObject::Symlink(_)) && lost {
+    let chmodded = !matches!(what, NewObject::Symlink(_)) && lost;
+    if chmodded {
         // A chown clears setuid/setgid and mkdir drops setgid: the creator asked for them.
         match &file {
             Some(f) => f
@@ -392,5 +393,10 @@ fn build(
             None => dir.chmod_child(name, perm)?,
         }
     }
-    Ok(file)
+    let st = if chowned || chmodded {
+        stat(&file)?
+    } else {
+        st
+    };
+    Ok((file, st))
 }

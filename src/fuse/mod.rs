@@ -44,6 +44,11 @@ impl OverlayFs {
     }
 }
 
+/// Flags of every file open. A close sends no FLUSH (one round trip the caller would wait
+/// for): writes reach the layer before they are answered, and locks stay in the kernel
+/// (FUSE_POSIX_LOCKS is not negotiated), so a flush would have nothing to do.
+const FILE_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 /// The largest write request the kernel sends (its own cap with 256 pages).
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -258,7 +263,7 @@ impl Filesystem for OverlayFs {
         reply: ReplyEntry,
     ) {
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
-            NewObject::File(libc::O_RDONLY)
+            NewObject::File
         } else {
             NewObject::Node(mode & libc::S_IFMT, rdev.into())
         };
@@ -350,12 +355,12 @@ impl Filesystem for OverlayFs {
             .passthrough
             .choose(&self.core, ino.0, fh, |f| reply.open_backing(f))
         {
-            OpenIo::Backed(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-            }
+            OpenIo::Backed(id) => reply.opened_passthrough(FileHandle(fh), FILE_OPEN, &id),
             // Cached pages stay valid: lower layers are frozen for the mount's life, and the
             // upper changes only through this mount.
-            OpenIo::Cached => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            OpenIo::Cached => {
+                reply.opened(FileHandle(fh), FILE_OPEN | FopenFlags::FOPEN_KEEP_CACHE)
+            }
         }
     }
 
@@ -392,17 +397,6 @@ impl Filesystem for OverlayFs {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
     }
 
     fn release(
@@ -555,16 +549,12 @@ impl Filesystem for OverlayFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.core.make(
-            parent.0,
-            name,
-            NewObject::File(flags),
-            mode & 0o7777,
-            caller(req),
-        );
+        let made = self
+            .core
+            .make(parent.0, name, NewObject::File, mode & 0o7777, caller(req));
         match made {
             Ok((attr, generation, Some(fh))) => {
                 let (attr, generation) = (file_attr(&attr), Generation(generation));
@@ -577,16 +567,12 @@ impl Filesystem for OverlayFs {
                         &attr,
                         generation,
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FILE_OPEN,
                         &id,
                     ),
-                    OpenIo::Cached => reply.created(
-                        &self.ttl,
-                        &attr,
-                        generation,
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    ),
+                    OpenIo::Cached => {
+                        reply.created(&self.ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
+                    }
                 }
             }
             Ok(_) => reply.error(fuser::Errno::EIO),

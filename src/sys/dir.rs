@@ -7,7 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::stat::{FsStat, Stat};
-use super::{check, cstr, dirent, xattr, Errno, RawEntry};
+use super::xattr::{self, Target};
+use super::{check, cstr, dirent, Errno, RawEntry};
 
 /// Resolution rules for every path opened inside a layer: stay beneath the starting directory,
 /// follow no symlink (a trailing one is opened as itself with `O_PATH|O_NOFOLLOW`), no magic
@@ -177,27 +178,22 @@ impl Dir {
 
     /// Extended attribute names of this directory, as the kernel's NUL-separated list.
     pub fn xattr_list(&self) -> Result<Vec<u8>, Errno> {
-        xattr::list(self.fd.as_fd())
+        xattr::list(Target::Fd(self.fd.as_fd()))
     }
 
     /// The value of the extended attribute `attr` of this directory.
     pub fn xattr_get(&self, attr: &OsStr) -> Result<Vec<u8>, Errno> {
-        xattr::get(self.fd.as_fd(), attr)
+        xattr::get(Target::Fd(self.fd.as_fd()), attr)
     }
 
     /// Extended attribute names of the child `name` (a symlink is read as itself).
     pub fn child_xattr_list(&self, name: &OsStr) -> Result<Vec<u8>, Errno> {
-        xattr::list(self.child_path_fd(name)?.as_fd())
+        xattr::list(Target::Child(self.fd.as_fd(), &component(name)?))
     }
 
     /// The value of the extended attribute `attr` of the child `name`.
     pub fn child_xattr_get(&self, name: &OsStr, attr: &OsStr) -> Result<Vec<u8>, Errno> {
-        xattr::get(self.child_path_fd(name)?.as_fd(), attr)
-    }
-
-    pub(super) fn child_path_fd(&self, name: &OsStr) -> Result<OwnedFd, Errno> {
-        let c = component(name)?;
-        openat2(self.fd.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+        xattr::get(Target::Child(self.fd.as_fd(), &component(name)?), attr)
     }
 
     /// Usage figures of the filesystem holding this directory.

@@ -10,13 +10,13 @@ use super::{check, Errno};
 /// Xattr `name` of the open file `f`.
 pub fn xattr_get(f: &File, name: &std::ffi::OsStr) -> Result<Vec<u8>, Errno> {
     use std::os::fd::AsFd;
-    super::xattr::get(f.as_fd(), name)
+    super::xattr::get(super::xattr::Target::Fd(f.as_fd()), name)
 }
 
 /// Sets xattr `name` of the open file `f` to `value`.
 pub fn xattr_set(f: &File, name: &std::ffi::OsStr, value: &[u8]) -> Result<(), Errno> {
     use std::os::fd::AsFd;
-    super::xattr::set(f.as_fd(), name, value, 0)
+    super::xattr::set(super::xattr::Target::Fd(f.as_fd()), name, value, 0)
 }
 
 /// Status of the open file `f`.

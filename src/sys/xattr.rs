@@ -1,87 +1,287 @@
-//! Extended attributes of objects held by `O_PATH` descriptors.
+//! Extended attributes of layer objects: of an object held by a descriptor, or of a child
+//! named in a directory (a symlink is read as itself, never followed).
 //!
+//! A child is reached in one call with the `*xattrat` system calls (Linux 6.13). Elsewhere
+//! (an older kernel, or a seccomp filter that refuses them) it is opened `O_PATH` first:
 //! `f*xattr` refuse `O_PATH` descriptors, and opening fifos or devices for reading has side
 //! effects, so the object is reached through its `/proc/self/fd/N` magic link with the
-//! following variants: the magic link jumps to the object itself (a symlink stays a symlink).
+//! following variants (the magic link jumps to the object itself: a symlink stays a symlink).
 
-use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::OnceLock;
 
+use super::dir::openat2;
 use super::{check, cstr, Errno};
+
+/// System call numbers of the `*xattrat` family (the same on every architecture).
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `struct xattr_args` of `getxattrat(2)` and `setxattrat(2)`.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Where an attribute lives: the object behind a descriptor, or a child of a directory.
+#[derive(Clone, Copy)]
+pub(super) enum Target<'a> {
+    /// The object `fd` holds (any kind of descriptor, `O_PATH` included).
+    Fd(BorrowedFd<'a>),
+    /// The entry `name` (one component) of the directory `dir`, not followed.
+    Child(BorrowedFd<'a>, &'a CStr),
+}
+
+/// True when the kernel serves the `*xattrat` calls: asked once, with a bad descriptor that
+/// only a kernel that knows the call answers with `EBADF`.
+fn have_xattrat() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| {
+        // SAFETY: descriptor -1 and an empty path: the call fails before it reads or writes
+        // anything else (the list pointer is null with size 0).
+        let ret = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                -1,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                std::ptr::null_mut::<libc::c_char>(),
+                0usize,
+            )
+        };
+        ret == -1 && Errno::last() == Errno::EBADF
+    })
+}
 
 fn proc_path(fd: BorrowedFd<'_>) -> CString {
     // A formatted integer never holds a NUL byte.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Calls `fill(buf)` with a growing buffer until the value fits (the value may grow between
-/// the size query and the read).
-fn read_sized(mut fill: impl FnMut(&mut [u8]) -> libc::ssize_t) -> Result<Vec<u8>, Errno> {
+/// Runs `at` when the kernel has the `*xattrat` calls and the target is a child; otherwise
+/// `by_path` on the magic link of the target (a child opened `O_PATH` for the call).
+fn dispatch<T>(
+    target: Target<'_>,
+    at: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<T, Errno>,
+    by_path: impl FnOnce(&CStr) -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    match target {
+        Target::Fd(fd) => by_path(&proc_path(fd)),
+        Target::Child(dir, name) if have_xattrat() => at(dir, name),
+        Target::Child(dir, name) => {
+            let fd = openat2(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            by_path(&proc_path(fd.as_fd()))
+        }
+    }
+}
+
+/// Calls `fill(buf)` until the value fits: first with a small buffer, then with the size the
+/// kernel reports (the value may grow between the size query and the read).
+fn read_sized(mut fill: impl FnMut(&mut [u8]) -> libc::c_long) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 256];
     loop {
-        let size = check(fill(&mut []) as libc::c_long)? as usize;
-        let mut buf = vec![0u8; size];
-        match check(fill(&mut buf) as libc::c_long) {
+        match check(fill(&mut buf)) {
             Ok(n) => {
                 buf.truncate(n as usize);
                 return Ok(buf);
             }
-            Err(Errno::ERANGE) => continue,
+            Err(Errno::ERANGE) => {
+                let size = check(fill(&mut []))? as usize;
+                buf = vec![0u8; size.max(1)];
+            }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// The NUL-separated list of attribute names of the object behind `fd`.
-pub(super) fn list(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
-    let path = proc_path(fd);
-    read_sized(|buf| {
-        // SAFETY: `path` is NUL-terminated; `buf` is writable for the length we pass (a
-        // zero length with a dangling pointer is the documented size query).
-        unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
-    })
+/// The NUL-separated list of attribute names of `target`.
+pub(super) fn list(target: Target<'_>) -> Result<Vec<u8>, Errno> {
+    dispatch(
+        target,
+        |dir, name| {
+            read_sized(|buf| {
+                // SAFETY: `name` is NUL-terminated; `buf` is writable for the length we
+                // pass (a zero length with a dangling pointer is the size query).
+                unsafe {
+                    libc::syscall(
+                        SYS_LISTXATTRAT,
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                }
+            })
+        },
+        |path| {
+            read_sized(|buf| {
+                // SAFETY: as above, with a NUL-terminated path.
+                let n =
+                    unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                n as libc::c_long
+            })
+        },
+    )
 }
 
-/// The value of attribute `name` of the object behind `fd`.
-pub(super) fn get(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<u8>, Errno> {
-    let path = proc_path(fd);
-    let name = cstr(name.as_bytes())?;
-    read_sized(|buf| {
-        // SAFETY: both strings are NUL-terminated; `buf` is writable for the length we pass.
-        unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        }
-    })
+/// The value of attribute `attr` of `target`.
+pub(super) fn get(target: Target<'_>, attr: &OsStr) -> Result<Vec<u8>, Errno> {
+    let attr = cstr(attr.as_bytes())?;
+    dispatch(
+        target,
+        |dir, name| {
+            read_sized(|buf| {
+                let mut args = XattrArgs {
+                    value: buf.as_mut_ptr() as u64,
+                    size: buf.len() as u32,
+                    flags: 0,
+                };
+                // SAFETY: both strings are NUL-terminated; `args` points at `buf`, writable
+                // for the size it states, and its own size is passed.
+                unsafe {
+                    libc::syscall(
+                        SYS_GETXATTRAT,
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                        attr.as_ptr(),
+                        &mut args as *mut XattrArgs,
+                        std::mem::size_of::<XattrArgs>(),
+                    )
+                }
+            })
+        },
+        |path| {
+            read_sized(|buf| {
+                // SAFETY: both strings are NUL-terminated; `buf` is writable for the length
+                // we pass.
+                let n = unsafe {
+                    libc::getxattr(
+                        path.as_ptr(),
+                        attr.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                };
+                n as libc::c_long
+            })
+        },
+    )
 }
 
-/// Sets attribute `name` of the object behind `fd` to `value` (`flags`: `XATTR_CREATE`,
-/// `XATTR_REPLACE` or 0).
-pub(super) fn set(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
-    let path = proc_path(fd);
-    let name = cstr(name.as_bytes())?;
-    // SAFETY: both strings are NUL-terminated; `value` is readable for the length we pass.
-    let ret = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    check(ret.into()).map(drop)
+/// Sets attribute `attr` of `target` to `value` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`
+/// or 0).
+pub(super) fn set(target: Target<'_>, attr: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    let attr = cstr(attr.as_bytes())?;
+    dispatch(
+        target,
+        |dir, name| {
+            let args = XattrArgs {
+                value: value.as_ptr() as u64,
+                size: value.len() as u32,
+                flags: flags as u32,
+            };
+            // SAFETY: both strings are NUL-terminated; `args` points at `value`, readable
+            // for the size it states, and its own size is passed.
+            let ret = unsafe {
+                libc::syscall(
+                    SYS_SETXATTRAT,
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    attr.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            };
+            check(ret).map(drop)
+        },
+        |path| {
+            // SAFETY: both strings are NUL-terminated; `value` is readable for the length
+            // we pass.
+            let ret = unsafe {
+                libc::setxattr(
+                    path.as_ptr(),
+                    attr.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            };
+            check(ret.into()).map(drop)
+        },
+    )
 }
 
-/// Removes attribute `name` of the object behind `fd`.
-pub(super) fn remove(fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-    let path = proc_path(fd);
-    let name = cstr(name.as_bytes())?;
-    // SAFETY: both strings are NUL-terminated.
-    let ret = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
-    check(ret.into()).map(drop)
+/// Removes attribute `attr` of `target`.
+pub(super) fn remove(target: Target<'_>, attr: &OsStr) -> Result<(), Errno> {
+    let attr = cstr(attr.as_bytes())?;
+    dispatch(
+        target,
+        |dir, name| {
+            // SAFETY: both strings are NUL-terminated.
+            let ret = unsafe {
+                libc::syscall(
+                    SYS_REMOVEXATTRAT,
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    attr.as_ptr(),
+                )
+            };
+            check(ret).map(drop)
+        },
+        |path| {
+            // SAFETY: both strings are NUL-terminated.
+            let ret = unsafe { libc::removexattr(path.as_ptr(), attr.as_ptr()) };
+            check(ret.into()).map(drop)
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::sys::Dir;
+
+    /// `user.*` xattrs of a file and a symlink's target, reached by name (`*xattrat` where
+    /// the kernel has it) and through an `O_PATH` descriptor's magic link: the two routes
+    /// agree, and neither follows the symlink.
+    #[test]
+    fn child_routes_agree_and_never_follow_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("file", t.path().join("link")).unwrap();
+        let dir = Dir::open_root(t.path()).unwrap();
+        let fd = dir.as_fd();
+        let child = |n: &'static CStr| Target::Child(fd, n);
+        let held = openat2(fd, c"file", libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap();
+        let by_fd = Target::Fd(held.as_fd());
+        let attr = OsStr::new("user.test");
+        let long = vec![7u8; 1000];
+        set(child(c"file"), attr, &long, 0).unwrap();
+        assert_eq!(get(child(c"file"), attr).unwrap(), long);
+        assert_eq!(get(by_fd, attr).unwrap(), long);
+        assert_eq!(list(child(c"file")).unwrap(), b"user.test\0");
+        assert_eq!(list(by_fd).unwrap(), list(child(c"file")).unwrap());
+        assert_eq!(
+            set(child(c"file"), attr, b"v", libc::XATTR_CREATE),
+            Err(Errno::EEXIST)
+        );
+        // user.* xattrs are not allowed on symlinks: the link itself was asked.
+        assert_eq!(get(child(c"link"), attr), Err(Errno::ENODATA));
+        assert_eq!(set(child(c"link"), attr, b"v", 0), Err(Errno::EPERM));
+        remove(child(c"file"), attr).unwrap();
+        assert_eq!(get(by_fd, attr), Err(Errno::ENODATA));
+        assert_eq!(remove(by_fd, attr), Err(Errno::ENODATA));
+    }
 }
