@@ -280,7 +280,8 @@ impl Overlay {
             return Err(Errno::ENOTEMPTY);
         }
         let in_upper = self.is_upper_layer(resolved.chain[0].layer);
-        let whiteout = self.lower_has(&dir, name)?;
+        // Whether removing an upper object must leave a whiteout (a lower one always does).
+        let whiteout = in_upper && self.lower_has(&dir, name)?;
         // The object loses its last name only if nothing else links to it (an upper copy of
         // a lower hard link counts its index entry: never marked gone too early).
         let last_link = is_dir || resolved.top.nlink <= 1;
