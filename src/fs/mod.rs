@@ -4,6 +4,7 @@
 //! unit tests drive it alike. Every method returns `Result<_, Errno>`.
 
 pub mod attr;
+mod compact;
 mod copyup;
 mod dircache;
 mod handle;
@@ -361,7 +362,7 @@ impl Overlay {
         let dir = self.dir_node(parent)?;
         let resolved = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
         let (node, st) = self.remember(&dir, name, resolved)?;
-        Ok((self.attr(&node, &st), node.generation))
+        Ok((self.attr(&node, &st), u64::from(node.generation)))
     }
 
     /// Drops `count` kernel references to `ino`.

@@ -183,7 +183,7 @@ impl Overlay {
         let attr = self.attr(&node, &st);
         let generation = node.generation;
         let fh = file.map(|f| self.add_handle(node, f, true, true));
-        Ok((attr, generation, fh))
+        Ok((attr, u64::from(generation), fh))
     }
 
     /// Moves the finished object `tmp` from the work dir to `name` in `updir`, where a
@@ -240,7 +240,7 @@ impl Overlay {
             &dir,
             newname,
         );
-        Ok((self.attr(&node, &st), node.generation))
+        Ok((self.attr(&node, &st), u64::from(node.generation)))
     }
 
     /// Removes the non-directory `name` from directory `parent`.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
+use super::compact::{Name, StoredChain};
 use super::ident::ROOT_ID;
 use crate::sys::{Errno, FileKind};
 
@@ -35,21 +36,63 @@ pub type Chain = Vec<ChainDir>;
 #[derive(Debug)]
 struct Link {
     parent: Option<Arc<Node>>,
-    name: OsString,
+    name: Name,
+    /// What few objects have, out of line.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a node's names only hard links have.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Other names the kernel has reached the object by.
     others: Vec<(Arc<Node>, OsString)>,
+    /// The name in the upper's hard-link index that holds the object's data, when it is a
+    /// copied-up lower hard link.
+    index: Option<OsString>,
 }
 
 impl Link {
-    fn new(parent: &Arc<Node>, name: &OsStr) -> Link {
-        Link {
-            parent: Some(parent.clone()),
-            name: name.to_owned(),
-            others: Vec::new(),
-        }
+    fn new(parent: Option<&Arc<Node>>, name: &OsStr, index: Option<OsString>) -> Link {
+        let mut link = Link {
+            parent: parent.cloned(),
+            name: Name::new(name),
+            rare: None,
+        };
+        link.set_index(index);
+        link
     }
 
     fn is(&self, parent: u64, name: &OsStr) -> bool {
-        self.parent.as_ref().map(|p| p.id) == Some(parent) && self.name == name
+        self.parent.as_ref().map(|p| p.id) == Some(parent) && self.name.as_os_str() == name
+    }
+
+    fn index(&self) -> Option<OsString> {
+        self.rare.as_ref().and_then(|r| r.index.clone())
+    }
+
+    fn set_index(&mut self, index: Option<OsString>) {
+        match (&mut self.rare, index) {
+            (Some(rare), index) => rare.index = index,
+            (None, None) => {}
+            (rare @ None, index) => {
+                *rare = Some(Box::new(Rare {
+                    others: Vec::new(),
+                    index,
+                }))
+            }
+        }
+        self.tidy();
+    }
+
+    /// Drops the out-of-line part once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.others.is_empty() && r.index.is_none())
+        {
+            self.rare = None;
+        }
     }
 
     /// Makes `(parent, name)` the primary name, keeping the old one as another link.
@@ -57,25 +100,28 @@ impl Link {
         if self.is(parent.id, name) {
             return;
         }
-        self.others
+        let rare = self.rare.get_or_insert_with(Box::default);
+        rare.others
             .retain(|(p, n)| !(p.id == parent.id && n == name));
+        let old_name = std::mem::replace(&mut self.name, Name::new(name));
         if let Some(old) = self.parent.replace(parent.clone()) {
-            let old_name = std::mem::replace(&mut self.name, name.to_owned());
-            self.others.push((old, old_name));
-        } else {
-            self.name = name.to_owned();
+            rare.others.push((old, old_name.as_os_str().to_owned()));
         }
+        self.tidy();
     }
 
     /// Forgets the name `(parent, name)`; another known link becomes primary if it was.
     fn drop_name(&mut self, parent: u64, name: &OsStr) {
-        self.others.retain(|(p, n)| !(p.id == parent && n == name));
+        if let Some(rare) = &mut self.rare {
+            rare.others.retain(|(p, n)| !(p.id == parent && n == name));
+        }
         if self.is(parent, name) {
-            if let Some((p, n)) = self.others.pop() {
+            if let Some((p, n)) = self.rare.as_mut().and_then(|r| r.others.pop()) {
                 self.parent = Some(p);
-                self.name = n;
+                self.name = Name::new(&n);
             }
         }
+        self.tidy();
     }
 }
 
@@ -96,14 +142,11 @@ pub struct Node {
     pub kind: FileKind,
     /// Told to the kernel with the id: a new object reusing a live id gets a new generation,
     /// so the kernel never mistakes it for the old one.
-    pub generation: u64,
+    pub generation: u32,
+    unlinked: AtomicBool,
     lookups: AtomicU64,
     link: RwLock<Link>,
-    chain: RwLock<Chain>,
-    /// The name in the upper's hard-link index that holds the object's data, when it is a
-    /// copied-up lower hard link.
-    index: RwLock<Option<OsString>>,
-    unlinked: AtomicBool,
+    chain: RwLock<StoredChain>,
 }
 
 impl Node {
@@ -114,15 +157,10 @@ impl Node {
             serial: next_serial(),
             kind: FileKind::Directory,
             generation: 0,
-            lookups: AtomicU64::new(1),
-            link: RwLock::new(Link {
-                parent: None,
-                name: OsString::new(),
-                others: Vec::new(),
-            }),
-            chain: RwLock::new(chain),
-            index: RwLock::new(None),
             unlinked: AtomicBool::new(false),
+            lookups: AtomicU64::new(1),
+            link: RwLock::new(Link::new(None, OsStr::new(""), None)),
+            chain: RwLock::new(StoredChain::new(chain)),
         }
     }
 
@@ -137,6 +175,7 @@ impl Node {
             names.push(l.name.clone());
             link = l.parent.clone();
         }
+        let names: Vec<&OsStr> = names.iter().map(Name::as_os_str).collect();
         names.iter().rev().collect()
     }
 
@@ -144,24 +183,24 @@ impl Node {
     pub fn parent_and_name(self: &Arc<Self>) -> (Arc<Node>, OsString) {
         let l = self.link.read();
         match &l.parent {
-            Some(p) => (p.clone(), l.name.clone()),
-            None => (self.clone(), l.name.clone()),
+            Some(p) => (p.clone(), l.name.as_os_str().to_owned()),
+            None => (self.clone(), l.name.as_os_str().to_owned()),
         }
     }
 
     /// The layers that make up the object, topmost first.
     pub fn chain(&self) -> Chain {
-        self.chain.read().clone()
+        self.chain.read().as_slice().to_vec()
     }
 
     /// The topmost layer holding the object.
     pub fn top_layer(&self) -> usize {
-        self.chain.read().first().map_or(0, |c| c.layer)
+        self.chain.read().as_slice().first().map_or(0, |c| c.layer)
     }
 
     /// Replaces the layers the object is made of (after a copy-up or a rename).
     pub fn set_chain(&self, chain: Chain) {
-        *self.chain.write() = chain;
+        *self.chain.write() = StoredChain::new(chain);
     }
 
     /// Records that the object's name `old` (parent id, name) is now `name` in `parent`.
@@ -179,12 +218,12 @@ impl Node {
 
     /// The hard-link index entry holding the object's data, if any.
     pub fn index(&self) -> Option<OsString> {
-        self.index.read().clone()
+        self.link.read().index()
     }
 
     /// Records that the object's data lives in the index entry `key`.
     pub fn set_index(&self, key: Option<OsString>) {
-        *self.index.write() = key;
+        self.link.write().set_index(key);
     }
 
     /// Records that the object's last name is gone (it may still be open).
@@ -237,17 +276,16 @@ impl NodeTable {
         parent: &Arc<Node>,
         name: &OsStr,
     ) -> Arc<Node> {
-        let node = |generation: u64, lookups: u64, chain: Chain, index: Option<OsString>| {
+        let node = |generation: u32, lookups: u64, chain: Chain, index: Option<OsString>| {
             Arc::new(Node {
                 id,
                 serial: next_serial(),
                 kind,
                 generation,
-                lookups: AtomicU64::new(lookups),
-                link: RwLock::new(Link::new(parent, name)),
-                chain: RwLock::new(chain),
-                index: RwLock::new(index),
                 unlinked: AtomicBool::new(false),
+                lookups: AtomicU64::new(lookups),
+                link: RwLock::new(Link::new(Some(parent), name, index)),
+                chain: RwLock::new(StoredChain::new(chain)),
             })
         };
         let mut entry = self
@@ -259,7 +297,7 @@ impl NodeTable {
             // of a deleted one the kernel still holds. The new object gets a new generation;
             // it inherits the old one's lookup count so the kernel's forgets of both add up.
             let lookups = entry.lookups.load(Ordering::Acquire);
-            *entry = node(entry.generation + 1, lookups, chain, index);
+            *entry = node(entry.generation.wrapping_add(1), lookups, chain, index);
         } else if id != ROOT_ID {
             // Objects only move up: a resolution that found this very name below the upper
             // layer while a copy-up raced it is stale, and must not undo the copy-up.
@@ -268,10 +306,11 @@ impl NodeTable {
                 && self.upper
                 && entry.top_layer() == 0
                 && chain.first().map(|c| c.layer) != Some(0);
-            entry.link.write().note(parent, name);
+            let mut link = entry.link.write();
+            link.note(parent, name);
             if !stale {
-                *entry.chain.write() = chain;
-                *entry.index.write() = index;
+                *entry.chain.write() = StoredChain::new(chain);
+                link.set_index(index);
             }
         }
         entry.lookups.fetch_add(1, Ordering::AcqRel);
