@@ -71,17 +71,10 @@ impl Link {
     }
 
     fn set_index(&mut self, index: Option<OsString>) {
-        match (&mut self.rare, index) {
-            (Some(rare), index) => rare.index = index,
-            (None, None) => {}
-            (rare @ None, index) => {
-                *rare = Some(Box::new(Rare {
-                    others: Vec::new(),
-                    index,
-                }))
-            }
+        if index.is_some() || self.rare.is_some() {
+            self.rare.get_or_insert_with(Box::default).index = index;
+            self.tidy();
         }
-        self.tidy();
     }
 
     /// Drops the out-of-line part once it holds nothing.

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use super::dir::{component, openat2};
 use super::xattr::{self, Target};
-use super::{check, cstr, Dir, Errno};
+use super::{check, cstr, kernel_has_call, Dir, Errno};
 
 /// A time to set with [`Dir::set_times`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,22 +313,22 @@ impl Dir {
 }
 
 /// True when the kernel has fchmodat2(2) (Linux 6.6), which changes a child's mode without
-/// following a symlink in one call: asked once, with a bad descriptor that only a kernel
-/// that knows the call answers with `EBADF` (a seccomp filter's refusal reads as absent).
+/// following a symlink in one call; asked once.
 fn have_fchmodat2() -> bool {
     static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAVE.get_or_init(|| {
-        // SAFETY: descriptor -1 and an empty path: the call fails without side effects.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_fchmodat2,
-                -1,
-                c"".as_ptr(),
-                0o644,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        ret == -1 && Errno::last() == Errno::EBADF
+        kernel_has_call(|| {
+            // SAFETY: descriptor -1 and an empty path: the call fails without side effects.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_fchmodat2,
+                    -1,
+                    c"".as_ptr(),
+                    0o644,
+                    libc::AT_EMPTY_PATH,
+                )
+            }
+        })
     })
 }
 

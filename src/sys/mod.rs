@@ -21,6 +21,13 @@ pub use dirwrite::{rename_flags, SetTime};
 pub use nix::errno::Errno;
 pub use stat::{FileKind, FsStat, Stat};
 
+/// True when a newer system call exists: `probe` makes it with descriptor -1, which only a
+/// kernel that knows the call answers with `EBADF` (`ENOSYS`, or a seccomp filter's
+/// refusal, reads as absent). Callers keep the answer in a `OnceLock`.
+fn kernel_has_call(probe: impl FnOnce() -> libc::c_long) -> bool {
+    check(probe()) == Err(Errno::EBADF)
+}
+
 /// Turns a libc return value of -1 into the thread's `errno`.
 fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
     if ret == -1 {

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::OnceLock;
 
 use super::dir::openat2;
-use super::{check, cstr, Errno};
+use super::{check, cstr, kernel_has_call, Errno};
 
 /// System call numbers of the `*xattrat` family (the same on every architecture).
 const SYS_SETXATTRAT: libc::c_long = 463;
@@ -38,24 +38,24 @@ pub(super) enum Target<'a> {
     Child(BorrowedFd<'a>, &'a CStr),
 }
 
-/// True when the kernel serves the `*xattrat` calls: asked once, with a bad descriptor that
-/// only a kernel that knows the call answers with `EBADF`.
+/// True when the kernel serves the `*xattrat` calls; asked once.
 fn have_xattrat() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
-        // SAFETY: descriptor -1 and an empty path: the call fails before it reads or writes
-        // anything else (the list pointer is null with size 0).
-        let ret = unsafe {
-            libc::syscall(
-                SYS_LISTXATTRAT,
-                -1,
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                std::ptr::null_mut::<libc::c_char>(),
-                0usize,
-            )
-        };
-        ret == -1 && Errno::last() == Errno::EBADF
+        kernel_has_call(|| {
+            // SAFETY: descriptor -1 and an empty path: the call fails before it reads or
+            // writes anything else (the list pointer is null with size 0).
+            unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    -1,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    std::ptr::null_mut::<libc::c_char>(),
+                    0usize,
+                )
+            }
+        })
     })
 }
 
