@@ -209,7 +209,13 @@ fn passthrough_off_serves_io_from_the_daemon() {
     drop_page_cache();
     let before = daemon_read_bytes(&pair.ours.path);
     assert_eq!(read_all(&pair.o("new")), vec![7u8; 4 << 20]);
-    assert!(daemon_read_bytes(&pair.ours.path) - before >= 4 << 20);
+    // Not all of it: `drop_caches` skips pages still held in per-CPU LRU batches, which
+    // a busy machine (other tests in parallel) leaves behind. Passthrough would read none.
+    let read = daemon_read_bytes(&pair.ours.path) - before;
+    assert!(
+        read >= 3 << 20,
+        "reading 4 MiB made the daemon read {read} bytes: not served by the daemon"
+    );
     pair.assert_same_tree();
 }
 
