@@ -81,6 +81,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         flags: kernel_flags(cfg, writable),
         allow_other: cfg.allow_other || process::euid() == 0,
         threads: cfg.threads,
+        max_inodes: cfg.max_inodes,
     };
     let fs = OverlayFs::new(Arc::new(core), cfg.timeout, cfg.passthrough);
     if cfg.foreground {

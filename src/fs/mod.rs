@@ -40,6 +40,7 @@ pub use idmap::IdMap;
 pub use layer::Layer;
 pub use merge::DirEntry;
 pub use names::NewObject;
+pub use node::Bound;
 pub use setattr::SetAttr;
 pub use upper::{MarkerFormat, Upper};
 
@@ -210,6 +211,18 @@ impl Overlay {
         if let Some(f) = self.invalidator.get() {
             (f.0)(id);
         }
+    }
+
+    /// Bounds the node table, and with it the inodes the kernel keeps cached: past
+    /// `bound.limit` nodes, `bound.on_full` is called to have the kernel drop the inodes
+    /// [`Overlay::prune_candidates`] names. Set once, when the mount is live.
+    pub fn set_bound(&self, bound: Bound) {
+        self.nodes.set_bound(bound);
+    }
+
+    /// The oldest nodes to shed once the table is full (see [`Overlay::set_bound`]).
+    pub fn prune_candidates(&self) -> Vec<u64> {
+        self.nodes.prune_candidates()
     }
 
     /// The layers, topmost first.

@@ -8,8 +8,8 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
@@ -230,13 +230,37 @@ impl Node {
     }
 }
 
+/// A bound on the table: past `limit` nodes it calls `on_full`, whose job is to have the
+/// kernel drop the inodes [`NodeTable::prune_candidates`] names.
+pub struct Bound {
+    /// Nodes held beyond which the oldest are offered to the kernel to drop.
+    pub limit: usize,
+    /// Called when a pruning round is due.
+    pub on_full: Box<dyn Fn() + Send + Sync>,
+}
+
 /// The concurrent table of live nodes.
-#[derive(Debug)]
 pub struct NodeTable {
     nodes: DashMap<u64, Arc<Node>>,
     root: Arc<Node>,
     /// Layer 0 is a writable upper layer.
     upper: bool,
+    /// Nodes in the table.
+    live: AtomicUsize,
+    /// Nodes ever inserted.
+    inserted: AtomicUsize,
+    /// `inserted` at which the next pruning round may start (`usize::MAX`: one is running).
+    next_round: AtomicUsize,
+    bound: OnceLock<Bound>,
+}
+
+impl std::fmt::Debug for NodeTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTable")
+            .field("live", &self.live)
+            .field("limit", &self.bound.get().map(|b| b.limit))
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeTable {
@@ -245,7 +269,73 @@ impl NodeTable {
         let root = Arc::new(root);
         let nodes = DashMap::new();
         nodes.insert(ROOT_ID, root.clone());
-        NodeTable { nodes, root, upper }
+        NodeTable {
+            nodes,
+            root,
+            upper,
+            live: AtomicUsize::new(1),
+            inserted: AtomicUsize::new(0),
+            next_round: AtomicUsize::new(0),
+            bound: OnceLock::new(),
+        }
+    }
+
+    /// Bounds the table: from now on it calls `bound.on_full` whenever it holds more than
+    /// `bound.limit` nodes, at most once per quarter of the limit in insertions, counted
+    /// from the last [`NodeTable::prune_candidates`]. A second bound is ignored.
+    pub fn set_bound(&self, bound: Bound) {
+        let _ = self.bound.set(bound);
+    }
+
+    /// The oldest nodes the table should shed to get back to three quarters of its limit
+    /// (never the root), for the kernel to drop if nothing uses them; each one it drops
+    /// comes back as a `forget`.
+    pub fn prune_candidates(&self) -> Vec<u64> {
+        let Some(limit) = self.bound.get().map(|b| b.limit) else {
+            return Vec::new();
+        };
+        let inserted = self.inserted.load(Ordering::Relaxed);
+        self.next_round
+            .store(inserted + (limit / 4).max(1), Ordering::Relaxed);
+        let excess = self.len().saturating_sub(limit - limit / 4);
+        let mut serials: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != ROOT_ID)
+            .map(|n| n.serial)
+            .collect();
+        if excess == 0 || serials.is_empty() {
+            return Vec::new();
+        }
+        let nth = excess.min(serials.len()) - 1;
+        let cutoff = *serials.select_nth_unstable(nth).1;
+        drop(serials);
+        self.nodes
+            .iter()
+            .filter(|n| n.id != ROOT_ID && n.serial <= cutoff)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Notes one more node in the table; calls `on_full` when a pruning round is due.
+    fn inserted_one(&self) {
+        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        let inserted = self.inserted.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some(bound) = self.bound.get() else {
+            return;
+        };
+        if live <= bound.limit {
+            return;
+        }
+        let due = self.next_round.load(Ordering::Relaxed);
+        if inserted >= due
+            && self
+                .next_round
+                .compare_exchange(due, usize::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            (bound.on_full)();
+        }
     }
 
     /// The root node.
@@ -281,10 +371,11 @@ impl NodeTable {
                 chain: RwLock::new(StoredChain::new(chain)),
             })
         };
-        let mut entry = self
-            .nodes
-            .entry(id)
-            .or_insert_with(|| node(0, 0, chain.clone(), index.clone()));
+        let mut fresh = false;
+        let mut entry = self.nodes.entry(id).or_insert_with(|| {
+            fresh = true;
+            node(0, 0, chain.clone(), index.clone())
+        });
         if entry.kind != kind || entry.is_unlinked() {
             // The number now names another object: the upper filesystem reused the inode
             // of a deleted one the kernel still holds. The new object gets a new generation;
@@ -307,7 +398,12 @@ impl NodeTable {
             }
         }
         entry.lookups.fetch_add(1, Ordering::AcqRel);
-        entry.clone()
+        let node = entry.clone();
+        drop(entry);
+        if fresh {
+            self.inserted_one();
+        }
+        node
     }
 
     /// Drops `count` kernel references to `id`, freeing the node at zero.
@@ -316,21 +412,24 @@ impl NodeTable {
             return;
         }
         // Counts only change under the shard lock `remove_if` holds, so load-then-store is exact.
-        self.nodes.remove_if(&id, |_, node| {
+        let removed = self.nodes.remove_if(&id, |_, node| {
             let left = node.lookups.load(Ordering::Acquire).saturating_sub(count);
             node.lookups.store(left, Ordering::Release);
             left == 0
         });
+        if removed.is_some() {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Number of live nodes (the root included).
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Always false: the root is never forgotten.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len() == 0
     }
 }
 
@@ -374,6 +473,54 @@ mod tests {
         table.forget(10, 1);
         assert_eq!(table.get(10).unwrap_err(), Errno::ESTALE);
         table.forget(ROOT_ID, 5);
+        assert!(table.get(ROOT_ID).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_offers_its_oldest_nodes_once_per_quarter_of_its_limit() {
+        let table = NodeTable::new(Node::root(chain()), false);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        table.set_bound(Bound {
+            limit: 8,
+            on_full: Box::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }),
+        });
+        let root = table.root().clone();
+        let add = |id: u64| {
+            let name = format!("f{id}");
+            table.remember(
+                id,
+                FileKind::Regular,
+                chain(),
+                None,
+                &root,
+                OsStr::new(&name),
+            );
+        };
+        let calls = || calls.load(Ordering::Relaxed);
+        (10..17).for_each(add);
+        assert_eq!((table.len(), calls()), (8, 0), "at the limit: not full yet");
+        add(17);
+        assert_eq!(calls(), 1);
+        add(18);
+        assert_eq!(calls(), 1, "one round at a time");
+        let mut victims = table.prune_candidates();
+        victims.sort_unstable();
+        assert_eq!(
+            victims,
+            [10, 11, 12, 13],
+            "the oldest, down to 3/4 of the limit"
+        );
+        for id in victims {
+            table.forget(id, 1);
+        }
+        assert_eq!(table.len(), 6);
+        (19..21).for_each(add);
+        assert_eq!(calls(), 1, "not over the limit");
+        add(21);
+        assert_eq!(calls(), 2, "over it again, a quarter of the limit later");
         assert!(table.get(ROOT_ID).is_ok());
     }
 

@@ -185,7 +185,7 @@ impl Filesystem for OverlayFs {
         // another mount may sit there by now (a caller that unmounts and mounts again at
         // once, as podman does).
         if let Some(fd) = self.device.get() {
-            if crate::sys::process::fuse_connection_ended(fd) {
+            if crate::sys::fusedev::connection_ended(fd) {
                 log::info!("unmounted; exiting");
                 std::process::exit(0);
             }

@@ -3,13 +3,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{mpsc, Arc};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::OverlayFs;
-use crate::fs::Invalidator;
-use crate::sys::process;
+use crate::fs::{Bound, Invalidator, Overlay};
+use crate::sys::{fusedev, process};
 
 /// How the FUSE mount itself is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct MountSpec {
     pub allow_other: bool,
     /// Request-serving threads, each on its own cloned `/dev/fuse` descriptor.
     pub threads: usize,
+    /// Inodes kept cached before the oldest unused ones are dropped (0: no limit).
+    pub max_inodes: usize,
 }
 
 /// A live mount, ready to serve.
@@ -56,6 +59,13 @@ pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
     let session = Session::new(fs, &spec.mountpoint, &config)?;
     // Our own handle on the connection, to tell at the end whether the kernel ended it.
     let _ = device.set(session.as_fd().try_clone_to_owned()?);
+    if spec.max_inodes > 0 {
+        bound_inodes(
+            &core,
+            session.as_fd().try_clone_to_owned()?,
+            spec.max_inodes,
+        )?;
+    }
     let notifier = session.notifier();
     core.set_invalidator(Invalidator(Box::new(move |id| {
         // Attributes only (negative offset); an inode the kernel dropped gives ENOENT.
@@ -65,6 +75,47 @@ pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
         session,
         mountpoint: spec.mountpoint.clone(),
     })
+}
+
+/// Keeps the inodes the kernel caches, and the daemon's nodes with them, near `limit`: a
+/// thread asks the kernel to drop the oldest unused ones each time the node table is full.
+/// On a kernel without the prune notification (before Linux 6.18) nothing is bounded; the
+/// kernel then drops inodes only under memory pressure.
+fn bound_inodes(core: &Arc<Overlay>, device: OwnedFd, limit: usize) -> io::Result<()> {
+    if let Err(e) = fusedev::prune(&device, &[]) {
+        log::info!(
+            "max_inodes={limit} not applied: this kernel cannot be asked to drop cached \
+             inodes ({e}; FUSE_NOTIFY_PRUNE needs Linux 6.18)"
+        );
+        return Ok(());
+    }
+    let (due, rounds) = mpsc::sync_channel::<()>(1);
+    let pruner = core.clone();
+    std::thread::Builder::new()
+        .name("prune".into())
+        .spawn(move || {
+            for () in rounds {
+                let held = pruner.live_nodes();
+                let ids = pruner.prune_candidates();
+                log::info!(
+                    "inode cache full ({held} held, max_inodes={limit}): asking the kernel \
+                     to drop the {} oldest",
+                    ids.len()
+                );
+                if let Err(e) = fusedev::prune(&device, &ids) {
+                    log::warn!("cannot ask the kernel to drop cached inodes: {e}");
+                    return;
+                }
+            }
+        })?;
+    core.set_bound(Bound {
+        limit,
+        on_full: Box::new(move || {
+            // A round already queued covers this one too.
+            let _ = due.try_send(());
+        }),
+    });
+    Ok(())
 }
 
 impl Mounted {

@@ -11,6 +11,7 @@ mod dir;
 mod dirent;
 mod dirwrite;
 pub mod file;
+pub mod fusedev;
 pub mod process;
 mod stat;
 mod xattr;

@@ -128,22 +128,6 @@ pub fn egid() -> u32 {
     nix::unistd::getegid().as_raw()
 }
 
-/// True when the FUSE connection of `/dev/fuse` descriptor `fd` has been ended by the kernel
-/// (its mount is gone): the device then polls `POLLERR`.
-pub fn fuse_connection_ended(fd: &std::os::fd::OwnedFd) -> bool {
-    use std::os::fd::AsFd;
-    let mut fds = [nix::poll::PollFd::new(
-        fd.as_fd(),
-        nix::poll::PollFlags::empty(),
-    )];
-    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
-        Ok(1) => fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR)),
-        _ => false,
-    }
-}
-
 /// True when this process has `CAP_SYS_ADMIN` in the initial user namespace, which the kernel
 /// requires to register FUSE passthrough backing files.
 pub fn admin_in_initial_namespace() -> bool {
