@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::util::{self, errno, tree, Layer, Opq, Pair, Scratch, Wh};
@@ -113,8 +113,9 @@ fn dropped_inodes_come_back_unchanged_and_behave_as_the_kernel_overlay() {
 }
 
 /// Our daemon in the foreground, read-only over `lower`, logging what it prunes to `log`.
-fn spawn_logging(lower: &Path, mountpoint: &Path, log: &Path, max_inodes: usize) {
-    let child = Command::new(util::bin())
+fn spawn_logging(lower: &Path, mountpoint: &Path, log: &Path, max_inodes: usize) -> Child {
+    let mut daemon = Command::new(util::bin());
+    daemon
         .args(["-f", "-o"])
         .arg(format!(
             "lowerdir={},max_inodes={max_inodes}",
@@ -122,17 +123,9 @@ fn spawn_logging(lower: &Path, mountpoint: &Path, log: &Path, max_inodes: usize)
         ))
         .arg(mountpoint)
         .env("OVERLAYFUSE_LOG", "info")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    // Reaped by the kernel's init once the test process exits; it exits at unmount.
-    std::mem::forget(child);
-    assert!(
-        util::wait_for(Duration::from_secs(10), || util::is_mounted(mountpoint)),
-        "the daemon did not mount"
-    );
+        .stderr(fs::File::create(log).unwrap());
+    util::serve_in_foreground(daemon, mountpoint, Duration::from_secs(10))
 }
 
 #[test]
@@ -147,7 +140,7 @@ fn the_daemon_holds_about_max_inodes_nodes_however_many_files_are_walked() {
     }
     let merged = s.mkdir("merged");
     let log = s.path("daemon.log");
-    spawn_logging(&s.path("lower"), &merged, &log, LIMIT);
+    let mut daemon = spawn_logging(&s.path("lower"), &merged, &log, LIMIT);
     let mount = util::Mounted {
         path: merged.clone(),
     };
@@ -155,6 +148,8 @@ fn the_daemon_holds_about_max_inodes_nodes_however_many_files_are_walked() {
         assert_eq!(walk(&merged), 40 * 51);
     }
     mount.unmount();
+    // Its whole log is written once it has exited.
+    assert!(daemon.wait().unwrap().success());
     let log = fs::read_to_string(&log).unwrap();
     assert!(
         !log.contains("not applied"),

@@ -222,17 +222,9 @@ fn background_mount_returns_when_live_and_holds_no_pipes() {
 
 /// Starts a foreground daemon and waits until its mount is live.
 fn foreground(lowers: &str, m: &Path) -> std::process::Child {
-    let child = Command::new(bin())
-        .args(["mount", "--lower", lowers, "-f"])
-        .arg(m)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(20), || is_mounted(m)),
-        "foreground mount never went live"
-    );
-    child
+    let mut daemon = Command::new(bin());
+    daemon.args(["mount", "--lower", lowers, "-f"]).arg(m);
+    crate::util::serve_in_foreground(daemon, m, Duration::from_secs(20))
 }
 
 fn exit_status_within(

@@ -18,21 +18,13 @@ fn spawn_daemon(s: &Scratch, extra: &str) -> Child {
         s.path("work").display(),
         if extra.is_empty() { "" } else { "," }
     );
-    let child = Command::new(util::bin())
+    let mut daemon = Command::new(util::bin());
+    daemon
         .args(["-f", "-o", &opts])
         .arg(s.path("merged"))
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        util::wait_for(Duration::from_secs(10), || util::is_mounted(
-            &s.path("merged")
-        )),
-        "the daemon did not mount"
-    );
-    child
+        .stderr(Stdio::null());
+    util::serve_in_foreground(daemon, &s.path("merged"), Duration::from_secs(10))
 }
 
 /// Kills the daemon with SIGKILL and takes its dead mount down.

@@ -50,6 +50,22 @@ pub fn is_mounted(path: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(want))
 }
 
+/// Spawns `daemon` (a foreground command of our binary, stdin closed) and waits up to
+/// `limit` for its mount at `mountpoint` to go live.
+pub fn serve_in_foreground(
+    mut daemon: Command,
+    mountpoint: &Path,
+    limit: Duration,
+) -> std::process::Child {
+    let child = daemon.stdin(std::process::Stdio::null()).spawn().unwrap();
+    assert!(
+        wait_for(limit, || is_mounted(mountpoint)),
+        "the foreground daemon's mount at {} never went live",
+        mountpoint.display()
+    );
+    child
+}
+
 /// Waits up to `limit` for `cond`.
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
