@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::marker::{self, DirMarks, NameRole};
 use super::nameset::NameSet;
-use crate::sys::{Dir, Errno, Stat};
+use crate::sys::{Dir, Errno, RawEntry, Stat};
 
 /// One layer of the stack.
 #[derive(Debug)]
@@ -74,26 +74,40 @@ impl LayerDir {
         }
     }
 
-    /// The `d_type` of every entry, if this directory keeps them.
+    /// The `d_type` of every entry, if this directory keeps them (listed on first use).
     fn names(&self) -> Option<&NameSet> {
         let cell = self.names.as_ref()?;
-        cell.get_or_init(|| {
-            let entries = self.dir.entries().ok()?;
-            let n = entries.len();
-            let taken = self
-                .budget
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                    left.checked_sub(n)
-                });
-            if n > MAX_SCANNED || taken.is_err() {
-                if taken.is_ok() {
-                    self.budget.fetch_add(n, Ordering::Relaxed);
-                }
-                return None;
-            }
-            NameSet::new(entries.into_iter().map(|e| (e.name, e.dtype)).collect())
-        })
-        .as_ref()
+        cell.get_or_init(|| self.keep(&self.dir.entries().ok()?))
+            .as_ref()
+    }
+
+    /// Every entry of this directory, `.` and `..` included, in on-disk order. A directory
+    /// of a frozen layer keeps their names from this listing if it has not yet, so the
+    /// lookups that follow a listing do not list it again.
+    pub fn list(&self) -> Result<Vec<RawEntry>, Errno> {
+        let entries = self.dir.entries()?;
+        if let Some(cell) = &self.names {
+            cell.get_or_init(|| self.keep(&entries));
+        }
+        Ok(entries)
+    }
+
+    /// The name set of `entries`, if the shared budget has room for it.
+    fn keep(&self, entries: &[RawEntry]) -> Option<NameSet> {
+        let n = entries.len();
+        if n > MAX_SCANNED {
+            return None;
+        }
+        self.budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(n)
+            })
+            .ok()?;
+        let set = NameSet::new(entries.iter().map(|e| (e.name.as_os_str(), e.dtype)));
+        if set.is_none() {
+            self.budget.fetch_add(n, Ordering::Relaxed);
+        }
+        set
     }
 
     /// [`Layer::probe`] of `name` here, answered from the name set where it can be.

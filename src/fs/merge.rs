@@ -41,7 +41,7 @@ pub fn list(
         let dir = open(cd.layer)?;
         let origins = upper.filter(|up| cd.layer == 0 && up.is_impure(&dir));
         let mut whiteouts = Vec::new();
-        for raw in dir.entries()? {
+        for raw in dir.list()? {
             let name = raw.name.as_os_str();
             if name == "." || name == ".." {
                 continue;

@@ -1,8 +1,8 @@
 //! A compact, immutable set of a directory's entry names with their `d_type`: the names
 //! sorted in one byte buffer, found by bisection (a few bytes per name beyond its length).
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 /// The entries of one directory.
 #[derive(Debug)]
@@ -15,17 +15,17 @@ pub struct NameSet {
 
 impl NameSet {
     /// The set of `entries` (name, `d_type`); `None` if their names exceed 4 GiB together.
-    pub fn new(entries: Vec<(OsString, u8)>) -> Option<NameSet> {
-        let mut entries: Vec<(Vec<u8>, u8)> = entries
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a OsStr, u8)>) -> Option<NameSet> {
+        let mut entries: Vec<(&[u8], u8)> = entries
             .into_iter()
-            .map(|(n, t)| (n.into_vec(), t))
+            .map(|(n, t)| (n.as_bytes(), t))
             .collect();
         entries.sort_unstable();
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(entries.iter().map(|(n, _)| n.len()).sum());
         let mut ends = Vec::with_capacity(entries.len());
         let mut dtypes = Vec::with_capacity(entries.len());
         for (name, dtype) in entries {
-            bytes.extend_from_slice(&name);
+            bytes.extend_from_slice(name);
             ends.push(u32::try_from(bytes.len()).ok()?);
             dtypes.push(dtype);
         }
@@ -73,8 +73,7 @@ mod tests {
             names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (OsString::from(n), i as u8))
-                .collect(),
+                .map(|(i, n)| (OsStr::new(n), i as u8)),
         )
         .unwrap();
         assert_eq!(set.len(), names.len());
@@ -84,6 +83,6 @@ mod tests {
         for absent in ["c", "aa", "abc", ".wh.b", "z"] {
             assert_eq!(set.get(OsStr::new(absent)), None, "{absent}");
         }
-        assert_eq!(NameSet::new(Vec::new()).unwrap().get(OsStr::new("x")), None);
+        assert_eq!(NameSet::new([]).unwrap().get(OsStr::new("x")), None);
     }
 }
