@@ -70,6 +70,8 @@ pub struct MountConfig {
     /// Inodes the kernel and the daemon keep cached before the oldest unused ones are
     /// dropped (`max_inodes=`; 0: no limit).
     pub max_inodes: usize,
+    /// Subdirectories read ahead of a tree walk (`readahead=`; 0: off).
+    pub readahead: usize,
 }
 
 /// The `passthrough=` option: FUSE passthrough of reads, writes and mmap of open files.
@@ -91,6 +93,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// Default `max_inodes`: about 48 MiB of daemon memory, far more inodes than a container's
 /// working set, far fewer than a walk of a big image tree leaves cached.
 pub const DEFAULT_MAX_INODES: usize = 1 << 18;
+
+/// Default `readahead`: subdirectories read ahead of a tree walk.
+pub const DEFAULT_READAHEAD: usize = 8;
+
 /// Default number of request threads.
 pub const DEFAULT_THREADS: usize = 2;
 const MAX_THREADS: usize = 64;
@@ -192,6 +198,7 @@ impl MountConfig {
             passthrough: PassthroughMode::Auto,
             view: View::default(),
             max_inodes: DEFAULT_MAX_INODES,
+            readahead: DEFAULT_READAHEAD,
         };
         for list in &args.options {
             for item in split_options(list)? {
@@ -292,6 +299,14 @@ impl MountConfig {
                 self.max_inodes = v.parse().map_err(|_| {
                     Error::usage(format!(
                         "max_inodes={v} is not a number: give a count of inodes, or 0 for no limit"
+                    ))
+                })?;
+            }
+            "readahead" => {
+                let v = need(value)?;
+                self.readahead = v.parse().map_err(|_| {
+                    Error::usage(format!(
+                        "readahead={v} is not a number: give a count of directories, or 0 for none"
                     ))
                 })?;
             }
@@ -498,6 +513,8 @@ mod tests {
             "lowerdir=/a,xattr_permissions",
             "lowerdir=/a,max_inodes=-1",
             "lowerdir=/a,max_inodes",
+            "lowerdir=/a,readahead=many",
+            "lowerdir=/a,readahead",
         ] {
             let e = MountConfig::from_args(&args(&[bad])).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
@@ -523,11 +540,12 @@ mod tests {
     #[test]
     fn numbers_and_flags_are_read() {
         let cfg = MountConfig::from_args(&args(&[
-            "lowerdir=/a,threaded=4,timeout=2.5,debug,allow_other,max_inodes=1000",
+            "lowerdir=/a,threaded=4,timeout=2.5,debug,allow_other,max_inodes=1000,readahead=0",
         ]))
         .unwrap();
         assert_eq!(cfg.threads, 4);
         assert_eq!(cfg.max_inodes, 1000);
+        assert_eq!(cfg.readahead, 0);
         assert_eq!(cfg.timeout, Duration::from_millis(2500));
         assert!(cfg.debug && cfg.foreground && cfg.allow_other);
     }

@@ -82,6 +82,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         allow_other: cfg.allow_other || process::euid() == 0,
         threads: cfg.threads,
         max_inodes: cfg.max_inodes,
+        readahead: cfg.readahead,
     };
     let fs = OverlayFs::new(Arc::new(core), cfg.timeout, cfg.passthrough);
     if cfg.foreground {

@@ -1,7 +1,8 @@
-//! `max_inodes=`: once the daemon holds more nodes than the limit, the kernel is asked to
-//! drop the oldest cached inodes nothing uses, and forgets them. An inode dropped this way is
-//! looked up again when next used and must behave exactly as before (checked against the
-//! kernel overlay), keeping its inode number.
+//! The daemon's caches. `max_inodes=`: once the daemon holds more nodes than the limit, the
+//! kernel is asked to drop the oldest cached inodes nothing uses, and forgets them. An inode
+//! dropped this way is looked up again when next used and must behave exactly as before
+//! (checked against the kernel overlay), keeping its inode number. `readahead=`: a walk
+//! entering the subdirectories of a listing has the next ones read ahead, each once.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -112,17 +113,15 @@ fn dropped_inodes_come_back_unchanged_and_behave_as_the_kernel_overlay() {
     assert!(lowers() == lowers_before, "a lower layer changed");
 }
 
-/// Our daemon in the foreground, read-only over `lower`, logging what it prunes to `log`.
-fn spawn_logging(lower: &Path, mountpoint: &Path, log: &Path, max_inodes: usize) -> Child {
+/// Our daemon in the foreground, read-only over `lower` with `options`, logging at `level`
+/// to `log`.
+fn spawn_logging(lower: &Path, options: &str, mountpoint: &Path, log: &Path, level: &str) -> Child {
     let mut daemon = Command::new(util::bin());
     daemon
         .args(["-f", "-o"])
-        .arg(format!(
-            "lowerdir={},max_inodes={max_inodes}",
-            lower.display()
-        ))
+        .arg(format!("lowerdir={},{options}", lower.display()))
         .arg(mountpoint)
-        .env("OVERLAYFUSE_LOG", "info")
+        .env("OVERLAYFUSE_LOG", level)
         .stdout(Stdio::null())
         .stderr(fs::File::create(log).unwrap());
     util::serve_in_foreground(daemon, mountpoint, Duration::from_secs(10))
@@ -140,7 +139,8 @@ fn the_daemon_holds_about_max_inodes_nodes_however_many_files_are_walked() {
     }
     let merged = s.mkdir("merged");
     let log = s.path("daemon.log");
-    let mut daemon = spawn_logging(&s.path("lower"), &merged, &log, LIMIT);
+    let options = format!("max_inodes={LIMIT}");
+    let mut daemon = spawn_logging(&s.path("lower"), &options, &merged, &log, "info");
     let mount = util::Mounted {
         path: merged.clone(),
     };
@@ -170,5 +170,76 @@ fn the_daemon_holds_about_max_inodes_nodes_however_many_files_are_walked() {
     assert!(
         *most <= 2 * LIMIT,
         "the daemon held {most} nodes with max_inodes={LIMIT}: the kernel did not drop them"
+    );
+}
+
+/// Walks the subdirectories of `top` in the daemon's listing order, reading each, with
+/// `options`; returns the daemon's log and what the walk read.
+fn walk_logging(options: &str) -> (String, Vec<String>) {
+    let s = Scratch::new();
+    for d in 0..10 {
+        fs::write(
+            s.mkdir(&format!("lower/top/d{d}")).join("f"),
+            format!("in d{d}"),
+        )
+        .unwrap();
+        fs::write(s.path(&format!("lower/top/f{d}")), "x").unwrap();
+    }
+    let merged = s.mkdir("merged");
+    let log = s.path("daemon.log");
+    let mut daemon = spawn_logging(&s.path("lower"), options, &merged, &log, "debug");
+    let mount = util::Mounted {
+        path: merged.clone(),
+    };
+    let mut read = Vec::new();
+    for entry in fs::read_dir(merged.join("top")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            let names: Vec<_> = fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            for file in names {
+                read.push(fs::read_to_string(file).unwrap());
+            }
+        }
+    }
+    mount.unmount();
+    assert!(daemon.wait().unwrap().success());
+    read.sort();
+    (fs::read_to_string(&log).unwrap(), read)
+}
+
+/// The subdirectory counts of the "readahead: N subdirectories of DIR" lines of `log`.
+fn read_ahead(log: &str) -> Vec<(usize, String)> {
+    log.lines()
+        .filter_map(|l| {
+            l.split_once("readahead: ")?
+                .1
+                .split_once(" subdirectories of ")
+        })
+        .map(|(n, dir)| (n.parse().unwrap(), dir.to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_walk_has_each_subdirectory_after_the_first_read_ahead_once() {
+    let want: Vec<String> = (0..10).map(|d| format!("in d{d}")).collect();
+    let (log, read) = walk_logging("readahead=2");
+    assert_eq!(read, want);
+    let jobs = read_ahead(&log);
+    assert!(
+        jobs.iter().all(|(n, dir)| *n <= 2 && dir == "top"),
+        "{jobs:?}"
+    );
+    let total: usize = jobs.iter().map(|(n, _)| n).sum();
+    assert_eq!(total, 9, "every subdirectory after the first, once: {log}");
+
+    let (log, read) = walk_logging("readahead=0");
+    assert_eq!(read, want);
+    assert_eq!(
+        read_ahead(&log),
+        Vec::new(),
+        "readahead=0 reads nothing ahead: {log}"
     );
 }

@@ -17,6 +17,7 @@ mod names;
 mod nameset;
 pub mod node;
 pub mod owner_xattr;
+pub mod readahead;
 mod rename;
 pub mod resolve;
 mod setattr;
@@ -50,6 +51,7 @@ use ident::{Inos, ROOT_ID};
 use layer::LayerDir;
 use node::{Chain, ChainDir, Node, NodeTable};
 use owner_xattr::Owner;
+use readahead::Readahead;
 use resolve::Resolved;
 use stripes::Stripes;
 
@@ -106,6 +108,8 @@ pub struct Overlay {
     dir_locks: Stripes,
     /// Tells the kernel to drop its cached attributes of a node changed behind its back.
     invalidator: OnceLock<Invalidator>,
+    /// Reads ahead of tree walks, once a thread for it is running.
+    readahead: OnceLock<Readahead>,
     /// The daemon's effective uid and gid: the owner of what it creates.
     creds: (u32, u32),
     /// How objects are shown.
@@ -183,6 +187,7 @@ impl Overlay {
             upper_dirs: dircache::UpperDirs::new(),
             dir_locks: Stripes::new(),
             invalidator: OnceLock::new(),
+            readahead: OnceLock::new(),
             creds: (crate::sys::process::euid(), crate::sys::process::egid()),
             view: View::default(),
         })
@@ -205,6 +210,11 @@ impl Overlay {
     /// merged one, a directory rename replaces one). Set once, when the mount is live.
     pub fn set_invalidator(&self, f: Invalidator) {
         let _ = self.invalidator.set(f);
+    }
+
+    /// Starts reading ahead of tree walks ([`readahead`]). Set once, when the mount is live.
+    pub fn set_readahead(&self, readahead: Readahead) {
+        let _ = self.readahead.set(readahead);
     }
 
     fn invalidate(&self, id: u64) {
@@ -418,6 +428,9 @@ impl Overlay {
     /// Opens directory `ino` for listing.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let node = self.dir_node(ino)?;
+        if let Some(readahead) = self.readahead.get() {
+            readahead.entered(&node);
+        }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs.insert(
             fh,
@@ -446,6 +459,9 @@ impl Overlay {
                 _ => {
                     let l = Arc::new(self.snapshot(&handle.node)?);
                     *slot = Some(l.clone());
+                    if let Some(readahead) = self.readahead.get() {
+                        readahead.listed(handle.node.id, &l);
+                    }
                     l
                 }
             }

@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc};
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::OverlayFs;
+use crate::fs::readahead::{Job, Readahead};
 use crate::fs::{Bound, Invalidator, Overlay};
 use crate::sys::{fusedev, process};
 
@@ -27,6 +28,8 @@ pub struct MountSpec {
     pub threads: usize,
     /// Inodes kept cached before the oldest unused ones are dropped (0: no limit).
     pub max_inodes: usize,
+    /// Subdirectories read ahead of a tree walk (0: no readahead).
+    pub readahead: usize,
 }
 
 /// A live mount, ready to serve.
@@ -65,6 +68,9 @@ pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
             session.as_fd().try_clone_to_owned()?,
             spec.max_inodes,
         )?;
+    }
+    if spec.readahead > 0 {
+        read_ahead(&core, spec.readahead)?;
     }
     let notifier = session.notifier();
     core.set_invalidator(Invalidator(Box::new(move |id| {
@@ -115,6 +121,32 @@ fn bound_inodes(core: &Arc<Overlay>, device: OwnedFd, limit: usize) -> io::Resul
             let _ = due.try_send(());
         }),
     });
+    Ok(())
+}
+
+/// Starts the thread that reads `window` subdirectories ahead of tree walks. Work it is
+/// too far behind to take is dropped: readahead is a hint.
+fn read_ahead(core: &Arc<Overlay>, window: usize) -> io::Result<()> {
+    let (queue, jobs) = mpsc::sync_channel::<Job>(64);
+    let reader = core.clone();
+    std::thread::Builder::new()
+        .name("readahead".into())
+        .spawn(move || {
+            for job in jobs {
+                log::debug!(
+                    "readahead: {} subdirectories of {}",
+                    job.names.len(),
+                    job.parent.path().display()
+                );
+                reader.read_ahead(&job);
+            }
+        })?;
+    core.set_readahead(Readahead::new(
+        window,
+        Box::new(move |job| {
+            let _ = queue.try_send(job);
+        }),
+    ));
     Ok(())
 }
 
