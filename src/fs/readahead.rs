@@ -22,6 +22,11 @@ use crate::sys::FileKind;
 /// Listed directories whose subdirectories a walk may be following, at once.
 const WALKS: usize = 32;
 
+/// How far past the subdirectory entered last the next one is looked for. A walk in
+/// listing order finds it at once; one in another order (`ls -R` sorts) is no walk to read
+/// ahead of, and must not cost a search of the whole listing at each step.
+const SEARCH: usize = 64;
+
 /// Work for the readahead thread: subdirectories of `parent`, by name, in walk order.
 #[derive(Debug)]
 pub struct Job {
@@ -47,13 +52,11 @@ struct Walk {
 }
 
 impl Walk {
-    /// The index into `subdirs` of the subdirectory `name`, searched from the one entered
-    /// last (a walk goes forward), then from the start.
+    /// The index into `subdirs` of the subdirectory `name`, if it is the one entered last
+    /// or one of the [`SEARCH`] after it (a walk goes forward).
     fn find(&self, name: &OsString) -> Option<usize> {
-        let n = self.subdirs.len();
-        (0..n)
-            .map(|k| (self.entered + k) % n)
-            .find(|&k| self.listing[self.subdirs[k]].name == *name)
+        let end = (self.entered + SEARCH).min(self.subdirs.len());
+        (self.entered..end).find(|&k| self.listing[self.subdirs[k]].name == *name)
     }
 }
 
@@ -240,6 +243,8 @@ mod tests {
             rx.try_recv().is_err(),
             "names that are not listed subdirectories"
         );
+        ra.entered(&child("d0"));
+        assert!(rx.try_recv().is_err(), "a walk going back is not followed");
 
         // A new listing of the directory starts over; one without two subdirectories ends it.
         ra.listed(root.id, &listing);
@@ -248,5 +253,16 @@ mod tests {
         ra.listed(root.id, &Arc::new(vec![entry("d0", FileKind::Directory)]));
         ra.entered(&child("d0"));
         assert!(rx.try_recv().is_err());
+
+        // A walk in another order than the listing's is not searched for far.
+        let many: Vec<DirEntry> = (0..SEARCH * 3)
+            .map(|i| entry(&format!("d{i}"), FileKind::Directory))
+            .collect();
+        ra.listed(root.id, &Arc::new(many));
+        ra.entered(&child(&format!("d{}", SEARCH * 2)));
+        assert!(rx.try_recv().is_err(), "too far past the last one entered");
+        ra.entered(&child(&format!("d{}", SEARCH - 1)));
+        let next = [format!("d{SEARCH}"), format!("d{}", SEARCH + 1)];
+        assert_eq!(names(rx.try_recv().unwrap()), next);
     }
 }
