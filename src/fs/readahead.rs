@@ -22,6 +22,10 @@ use crate::sys::FileKind;
 /// Listed directories whose subdirectories a walk may be following, at once.
 const WALKS: usize = 32;
 
+/// Listings with more subdirectories than this are not followed: a walk's state holds
+/// their names (about 1 MiB at most for each of the [`WALKS`]).
+const MAX_SUBDIRS: usize = 1 << 14;
+
 /// How far past the subdirectory entered last the next one is looked for. A walk in
 /// listing order finds it at once; one in another order (`ls -R` sorts) is no walk to read
 /// ahead of, and must not cost a search of the whole listing at each step.
@@ -42,9 +46,8 @@ pub type Queue = Box<dyn Fn(Job) + Send + Sync>;
 /// One listed directory: its subdirectories, and how far the walk and readahead have got.
 #[derive(Debug)]
 struct Walk {
-    listing: Arc<Vec<DirEntry>>,
-    /// Positions in `listing` of its subdirectories (`.` and `..` left out).
-    subdirs: Vec<usize>,
+    /// The names of its subdirectories in listing order (`.` and `..` left out).
+    subdirs: Vec<OsString>,
     /// The subdirectory (index into `subdirs`) entered last: where finding the next starts.
     entered: usize,
     /// Subdirectories before this index are read or queued.
@@ -56,7 +59,7 @@ impl Walk {
     /// or one of the [`SEARCH`] after it (a walk goes forward).
     fn find(&self, name: &OsString) -> Option<usize> {
         let end = (self.entered + SEARCH).min(self.subdirs.len());
-        (self.entered..end).find(|&k| self.listing[self.subdirs[k]].name == *name)
+        (self.entered..end).find(|&k| self.subdirs[k] == *name)
     }
 }
 
@@ -89,21 +92,18 @@ impl Readahead {
     }
 
     /// Records the listing just taken of directory `dir` (by node id): a walk may follow it.
-    pub fn listed(&self, dir: u64, listing: &Arc<Vec<DirEntry>>) {
-        let subdirs: Vec<usize> = listing
+    pub fn listed(&self, dir: u64, listing: &[DirEntry]) {
+        let subdirs = listing
             .iter()
-            .enumerate()
-            .filter(|(_, e)| e.kind == FileKind::Directory && e.name != "." && e.name != "..")
-            .map(|(i, _)| i)
-            .collect();
-        if subdirs.len() < 2 {
-            // Nothing to read ahead of the only subdirectory; forget an older listing.
+            .filter(|e| e.kind == FileKind::Directory && e.name != "." && e.name != "..");
+        if !(2..=MAX_SUBDIRS).contains(&subdirs.clone().count()) {
+            // Nothing to read ahead of a single subdirectory, too many to follow; an older
+            // listing is stale.
             self.walks.lock().pop(&dir);
             return;
         }
         let walk = Walk {
-            listing: listing.clone(),
-            subdirs,
+            subdirs: subdirs.map(|e| e.name.clone()).collect(),
             entered: 0,
             queued: 0,
         };
@@ -132,10 +132,7 @@ impl Readahead {
                 return;
             }
             walk.queued = to;
-            walk.subdirs[from..to]
-                .iter()
-                .map(|&i| walk.listing[i].name.clone())
-                .collect()
+            walk.subdirs[from..to].to_vec()
         };
         (self.queue)(Job { parent, names });
     }
@@ -213,7 +210,6 @@ mod tests {
             listing.push(entry(&format!("d{i}"), FileKind::Directory));
             listing.push(entry(&format!("f{i}"), FileKind::Regular));
         }
-        let listing = Arc::new(listing);
         ra.listed(root.id, &listing);
         let mut next_id = 100;
         let mut child = |name: &str| {
@@ -250,7 +246,7 @@ mod tests {
         ra.listed(root.id, &listing);
         ra.entered(&child("d2"));
         assert_eq!(names(rx.try_recv().unwrap()), ["d3", "d4"]);
-        ra.listed(root.id, &Arc::new(vec![entry("d0", FileKind::Directory)]));
+        ra.listed(root.id, &[entry("d0", FileKind::Directory)]);
         ra.entered(&child("d0"));
         assert!(rx.try_recv().is_err());
 
@@ -258,11 +254,22 @@ mod tests {
         let many: Vec<DirEntry> = (0..SEARCH * 3)
             .map(|i| entry(&format!("d{i}"), FileKind::Directory))
             .collect();
-        ra.listed(root.id, &Arc::new(many));
+        ra.listed(root.id, &many);
         ra.entered(&child(&format!("d{}", SEARCH * 2)));
         assert!(rx.try_recv().is_err(), "too far past the last one entered");
         ra.entered(&child(&format!("d{}", SEARCH - 1)));
         let next = [format!("d{SEARCH}"), format!("d{}", SEARCH + 1)];
         assert_eq!(names(rx.try_recv().unwrap()), next);
+
+        // A listing with too many subdirectories to keep is not followed.
+        let huge: Vec<DirEntry> = (0..=MAX_SUBDIRS)
+            .map(|i| entry(&format!("d{i}"), FileKind::Directory))
+            .collect();
+        ra.listed(root.id, &huge);
+        ra.entered(&child("d0"));
+        assert!(
+            rx.try_recv().is_err(),
+            "more than {MAX_SUBDIRS} subdirectories"
+        );
     }
 }
