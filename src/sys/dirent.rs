@@ -83,15 +83,9 @@ fn parse(mut bytes: &[u8], out: &mut Vec<RawEntry>) -> Result<(), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
 
     fn open_dir(path: &std::path::Path) -> OwnedFd {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path; the returned descriptor is checked and owned.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
-        assert!(fd >= 0);
-        // SAFETY: a new descriptor nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        OwnedFd::from(std::fs::File::open(path).unwrap())
     }
 
     #[test]
