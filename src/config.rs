@@ -249,6 +249,14 @@ impl MountConfig {
                 ))),
             }
         };
+        // A count option, where 0 means `zero`.
+        let count = |v: String, what: &str, zero: &str| -> Result<usize, Error> {
+            v.parse().map_err(|_| {
+                Error::usage(format!(
+                    "{key}={v} is not a number: give a count of {what}, or 0 for {zero}"
+                ))
+            })
+        };
         let flag = |v: Option<&str>| -> Result<(), Error> {
             match v {
                 None => Ok(()),
@@ -294,22 +302,8 @@ impl MountConfig {
                 // fuse-overlayfs spells "single-threaded" threaded=0.
                 self.threads = n.clamp(1, MAX_THREADS);
             }
-            "max_inodes" => {
-                let v = need(value)?;
-                self.max_inodes = v.parse().map_err(|_| {
-                    Error::usage(format!(
-                        "max_inodes={v} is not a number: give a count of inodes, or 0 for no limit"
-                    ))
-                })?;
-            }
-            "readahead" => {
-                let v = need(value)?;
-                self.readahead = v.parse().map_err(|_| {
-                    Error::usage(format!(
-                        "readahead={v} is not a number: give a count of directories, or 0 for none"
-                    ))
-                })?;
-            }
+            "max_inodes" => self.max_inodes = count(need(value)?, "inodes", "no limit")?,
+            "readahead" => self.readahead = count(need(value)?, "directories", "none")?,
             "timeout" => {
                 let v = need(value)?;
                 let secs: f64 = v
