@@ -45,19 +45,43 @@ impl Overlay {
     /// Holds the copy-up lock of object `id` until dropped: copy-ups of it, and removals of
     /// its name, wait for each other.
     pub(super) fn copy_guard(&self, id: u64) -> CopyGuard<'_> {
-        let lock = self
-            .copying
-            .entry(id)
-            .or_insert_with(|| Arc::new(Mutex::new(())))
-            .clone();
+        let guard = self.copy_lock(id).lock_arc();
         CopyGuard {
             overlay: self,
             id,
-            guard: Some(lock.lock_arc()),
+            guard: Some(guard),
         }
     }
 
-    fn copy_up_locked(&self, node: &Arc<super::Node>, truncate: bool) -> Result<(), Errno> {
+    /// [`Overlay::copy_guard`] if nobody holds it now.
+    pub(super) fn try_copy_guard(&self, id: u64) -> Option<CopyGuard<'_>> {
+        let guard = self.copy_lock(id).try_lock_arc();
+        let Some(guard) = guard else {
+            // The holder's guard may have seen this clone: drop the entry if it was the last.
+            self.copying
+                .remove_if(&id, |_, l| Arc::strong_count(l) == 1);
+            return None;
+        };
+        Some(CopyGuard {
+            overlay: self,
+            id,
+            guard: Some(guard),
+        })
+    }
+
+    fn copy_lock(&self, id: u64) -> Arc<Mutex<()>> {
+        self.copying
+            .entry(id)
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone()
+    }
+
+    /// The copy-up of `node` itself, its parent already up, with its copy-up lock held.
+    pub(super) fn copy_up_locked(
+        &self,
+        node: &Arc<super::Node>,
+        truncate: bool,
+    ) -> Result<(), Errno> {
         let up = self.writable()?;
         if self.name_on_upper(node) {
             return Ok(());

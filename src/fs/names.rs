@@ -9,11 +9,16 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::sync::Arc;
 
+use super::copyup::CopyGuard;
 use super::layer::{Layer, Probe};
 use super::node::{ChainDir, Node};
+use super::resolve::Resolved;
 use super::upper::{self, MarkerFormat};
 use super::{copyup, marker, owner_xattr, Attr, Caller, Overlay};
 use crate::sys::{file, io_errno, rename_flags, Dir, Errno, FileKind, Stat};
+
+/// The copy-up lock of an object and the lock of its directory, held together.
+type ChildLocks<'a> = (CopyGuard<'a>, parking_lot::MutexGuard<'a, ()>);
 
 /// What to make at a new name.
 #[derive(Clone, Copy, Debug)]
@@ -258,14 +263,12 @@ impl Overlay {
         let up = self.writable()?;
         self.check_name(name)?;
         let dir = self.dir_node(parent)?;
-        let first = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
+        if !self.name_on_upper(&dir) {
+            // The parent is copied up for the whiteout, but never for a name that is not there.
+            self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
+        }
         let updir = self.upper_dir(&dir)?;
-        let node = self.child_node(&dir, name, first)?;
-        // No copy-up of the object may publish while its name goes, and the state acted on
-        // is read under the directory lock.
-        let _copy = self.copy_guard(node.id);
-        let _lock = self.dir_locks.lock(dir.id);
-        let resolved = self.resolve(&dir, name)?.ok_or(Errno::ENOENT)?;
+        let (node, resolved, _held) = self.hold_child(&dir, name)?;
         let is_dir = resolved.kind == FileKind::Directory;
         match (want_dir, is_dir) {
             (true, false) => return Err(Errno::ENOTDIR),
@@ -313,6 +316,27 @@ impl Overlay {
             node.mark_unlinked();
         }
         Ok(())
+    }
+
+    /// Resolves `name` in `dir` holding the directory's lock and the copy-up lock of its
+    /// object, so what is acted on is what is there: no copy-up of it publishes meanwhile.
+    /// The copy-up lock comes first elsewhere, so it is only tried here; on a copy-up under
+    /// way, both are let go, the copy-up is waited for, and the name resolved again.
+    fn hold_child(
+        &self,
+        dir: &Arc<Node>,
+        name: &OsStr,
+    ) -> Result<(Arc<Node>, Resolved, ChildLocks<'_>), Errno> {
+        loop {
+            let lock = self.dir_locks.lock(dir.id);
+            let resolved = self.resolve(dir, name)?.ok_or(Errno::ENOENT)?;
+            let node = self.child_node(dir, name, resolved.clone())?;
+            if let Some(copy) = self.try_copy_guard(node.id) {
+                return Ok((node, resolved, (copy, lock)));
+            }
+            drop(lock);
+            drop(self.copy_guard(node.id));
+        }
     }
 
     /// Removes the upper directory `name` of `updir` (holding at most markers), leaving a

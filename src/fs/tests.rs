@@ -202,6 +202,32 @@ fn copy_up_keeps_the_number_and_leaves_the_lower_file_alone() {
 }
 
 #[test]
+fn unlink_waits_for_a_copy_up_under_way_and_then_removes_the_copy() {
+    use std::os::unix::fs::FileTypeExt;
+    let (t, o) = writable(MarkerFormat::Kernel, |r| write(r, "d/f", "lower"));
+    let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
+    let f = o.lookup(d, OsStr::new("f")).unwrap().0.ino;
+    let node = o.nodes.get(f).unwrap();
+    std::thread::scope(|s| {
+        let copying = o.copy_guard(f);
+        let unlink = s.spawn(|| o.unlink(d, OsStr::new("f")));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!unlink.is_finished(), "unlink did not wait for the copy-up");
+        o.copy_up_locked(&node, false).unwrap();
+        drop(copying);
+        unlink.join().unwrap().unwrap();
+    });
+    assert_eq!(o.lookup(d, OsStr::new("f")).unwrap_err(), Errno::ENOENT);
+    let upper = std::fs::symlink_metadata(t.path().join("upper/d/f")).unwrap();
+    assert!(
+        upper.file_type().is_char_device(),
+        "a whiteout where the copy was"
+    );
+    assert_eq!(std::fs::read(t.path().join("lower/d/f")).unwrap(), b"lower");
+    assert!(o.copying.is_empty(), "copy-up locks left behind");
+}
+
+#[test]
 fn mkdir_over_a_deleted_dir_is_opaque_and_renaming_a_lower_dir_works() {
     let (t, o) = writable(MarkerFormat::Kernel, |r| {
         write(r, "d/old", "o");
