@@ -145,6 +145,12 @@ impl std::fmt::Debug for Invalidator {
 /// How many directories of the lower layers stay open, all layers together.
 const OPEN_LOWER_DIRS: usize = 4096;
 
+/// Entries past which a directory counts as big for [`Overlay::readdirplus`].
+const BIG_DIR: usize = 1024;
+
+/// Entries with attributes in the first reply for a big directory.
+const PLUS_IN_BIG_DIR: usize = 8;
+
 impl Overlay {
     /// An overlay of `layers`, topmost first. With `upper`, `layers[0]` is the writable
     /// upper layer and `upper` its work area; without, every change is refused (`EROFS`).
@@ -451,25 +457,8 @@ impl Overlay {
         offset: u64,
         mut emit: impl FnMut(&DirEntry, u64) -> bool,
     ) -> Result<(), Errno> {
-        let handle = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
-        let listing = {
-            let mut slot = handle.listing.lock();
-            match slot.as_ref() {
-                Some(l) if offset != 0 => l.clone(),
-                _ => {
-                    let l = Arc::new(self.snapshot(&handle.node)?);
-                    *slot = Some(l.clone());
-                    if let Some(readahead) = self.readahead.get() {
-                        readahead.listed(handle.node.id, &l);
-                    }
-                    l
-                }
-            }
-        };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(listing.len());
-        for (i, entry) in listing.iter().enumerate().skip(start) {
+        let (_, listing) = self.listing(fh, offset)?;
+        for (i, entry) in Self::from_offset(&listing, offset) {
             if emit(entry, i as u64 + 1) {
                 break;
             }
@@ -480,21 +469,28 @@ impl Overlay {
     /// Like [`Overlay::readdir`], with each entry looked up: `emit(entry, next_offset,
     /// (attr, generation))`. Every entry but `.` and `..` counts as a lookup of its node
     /// when `emit` accepts it; one it refuses (buffer full) is forgotten again. A name that
-    /// vanished since the snapshot is left out.
+    /// vanished since the snapshot is left out. The first reply for a directory of more
+    /// than 1,024 entries stops after 8: the kernel asks for the rest without attributes,
+    /// so a plain listing does not wait for hundreds of lookups it never needed, while a
+    /// walk that stats entries gets them by lookup as it would past the first reply anyway.
     pub fn readdirplus(
         &self,
         fh: u64,
         offset: u64,
         mut emit: impl FnMut(&DirEntry, u64, &(Attr, u64)) -> bool,
     ) -> Result<(), Errno> {
-        let dir = self
-            .dirs
-            .get(&fh)
-            .map(|h| h.node.clone())
-            .ok_or(Errno::EBADF)?;
+        let (dir, listing) = self.listing(fh, offset)?;
+        let most = if offset == 0 && listing.len() > BIG_DIR {
+            PLUS_IN_BIG_DIR
+        } else {
+            usize::MAX
+        };
         let mut failed = None;
         let mut sent = 0usize;
-        self.readdir(fh, offset, |entry, next| {
+        for (i, entry) in Self::from_offset(&listing, offset) {
+            if sent == most {
+                break;
+            }
             let dot = entry.name == "." || entry.name == "..";
             let found = if dot {
                 self.getattr(entry.ino, None).map(|a| (a, 0))
@@ -503,25 +499,55 @@ impl Overlay {
             };
             match found {
                 Ok(found) => {
-                    let full = emit(entry, next, &found);
-                    if full && !dot {
-                        self.forget(found.0.ino, 1);
+                    let full = emit(entry, i as u64 + 1, &found);
+                    if full {
+                        if !dot {
+                            self.forget(found.0.ino, 1);
+                        }
+                        break;
                     }
-                    sent += usize::from(!full);
-                    full
+                    sent += 1;
                 }
-                Err(Errno::ENOENT) => false,
+                Err(Errno::ENOENT) => {}
                 Err(e) => {
                     failed = Some(e);
-                    true
+                    break;
                 }
             }
-        })?;
+        }
         match failed {
             // What was sent is counted by the kernel: end the chunk there, error next time.
             Some(e) if sent == 0 => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// The node and listing of open directory `fh`: a fresh snapshot at offset 0 (a rewind
+    /// sees changes), the current one at other offsets.
+    fn listing(&self, fh: u64, offset: u64) -> Result<(Arc<Node>, Arc<Vec<DirEntry>>), Errno> {
+        let handle = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
+        let mut slot = handle.listing.lock();
+        let listing = match slot.as_ref() {
+            Some(l) if offset != 0 => l.clone(),
+            _ => {
+                let l = Arc::new(self.snapshot(&handle.node)?);
+                *slot = Some(l.clone());
+                if let Some(readahead) = self.readahead.get() {
+                    readahead.listed(handle.node.id, &l);
+                }
+                l
+            }
+        };
+        drop(slot);
+        Ok((handle.node.clone(), listing))
+    }
+
+    /// The entries of `listing` from `offset` on, with their indices.
+    fn from_offset(listing: &[DirEntry], offset: u64) -> impl Iterator<Item = (usize, &DirEntry)> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(listing.len());
+        listing.iter().enumerate().skip(start)
     }
 
     /// The merged entries of directory node `dir`, `.` and `..` left out.

@@ -107,6 +107,38 @@ fn readdir_offsets_resume_where_the_reader_stopped() {
 }
 
 #[test]
+fn the_first_plus_reply_for_a_big_directory_is_short_and_the_rest_follows() {
+    use super::{BIG_DIR, PLUS_IN_BIG_DIR};
+    let (_t, o) = overlay(|r| {
+        for i in 0..=BIG_DIR {
+            write(r, &format!("0/big/f{i}"), "");
+        }
+        for i in 0..10 {
+            write(r, &format!("0/small/f{i}"), "");
+        }
+    });
+    // `.` and `..` come first and count.
+    for (dir, total, first) in [("big", BIG_DIR + 3, PLUS_IN_BIG_DIR), ("small", 12, 12)] {
+        let d = o.lookup(1, OsStr::new(dir)).unwrap().0.ino;
+        let fh = o.opendir(d).unwrap();
+        let (mut offset, mut plus, mut rest) = (0, 0, 0);
+        o.readdirplus(fh, 0, |_, next, _| {
+            plus += 1;
+            offset = next;
+            false
+        })
+        .unwrap();
+        o.readdir(fh, offset, |_, _| {
+            rest += 1;
+            false
+        })
+        .unwrap();
+        o.releasedir(fh);
+        assert_eq!((plus, plus + rest), (first, total), "{dir}");
+    }
+}
+
+#[test]
 fn forget_frees_nodes_and_lookup_brings_them_back_with_the_same_number() {
     let (_t, o) = overlay(|r| {
         for i in 0..100 {
