@@ -139,6 +139,62 @@ fn the_first_plus_reply_for_a_big_directory_is_short_and_the_rest_follows() {
 }
 
 #[test]
+fn big_directories_listed_on_two_threads_merge_in_layer_order() {
+    let (t, o) = overlay(|r| {
+        for i in 0..1200 {
+            write(r, &format!("0/d/a{i}"), "");
+            write(r, &format!("1/d/a{i}"), "");
+            write(r, &format!("1/d/b{i}"), "");
+            write(r, &format!("2/d/c{i}"), "");
+        }
+        for i in 0..600 {
+            write(r, &format!("0/d/.wh.b{i}"), "");
+        }
+    });
+    let bytes: u64 = ["0/d", "1/d", "2/d"]
+        .iter()
+        .map(|d| std::fs::metadata(t.path().join(d)).unwrap().len())
+        .sum();
+    assert!(
+        bytes >= super::merge::PARALLEL_BYTES,
+        "{bytes} bytes: one thread"
+    );
+    let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
+    let fh = o.opendir(d).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    o.readdir(fh, 0, |e, _| {
+        assert!(
+            seen.insert(e.name.clone(), e.ino).is_none(),
+            "{:?} twice",
+            e.name
+        );
+        false
+    })
+    .unwrap();
+    o.releasedir(fh);
+    let mut want: Vec<String> = vec![".".into(), "..".into()];
+    want.extend((0..1200).map(|i| format!("a{i}")));
+    want.extend((600..1200).map(|i| format!("b{i}")));
+    want.extend((0..1200).map(|i| format!("c{i}")));
+    let got: std::collections::BTreeSet<String> = seen
+        .keys()
+        .map(|n| n.clone().into_string().unwrap())
+        .collect();
+    let want: std::collections::BTreeSet<String> = want.into_iter().collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    // The topmost copy shows: its number is the one lookup gives.
+    for name in ["a7", "b900", "c3"] {
+        let ino = o.lookup(d, OsStr::new(name)).unwrap().0.ino;
+        assert_eq!(seen[OsStr::new(name)], ino, "{name}");
+    }
+}
+
+#[test]
 fn forget_frees_nodes_and_lookup_brings_them_back_with_the_same_number() {
     let (_t, o) = overlay(|r| {
         for i in 0..100 {
