@@ -766,3 +766,113 @@ fn removing_or_renaming_a_lower_alias_after_its_group_was_copied_up() {
     fs::set_permissions(m.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(util::lstat(&m.join("etc/alias")).unwrap_err(), libc::ENOENT);
 }
+
+/// copy_file_range(2) of `len` bytes from `src` at `off_in` to `dst` at `off_out`.
+fn copy_range(
+    src: &fs::File,
+    off_in: i64,
+    dst: &fs::File,
+    off_out: i64,
+    len: usize,
+) -> Result<usize, i32> {
+    use std::os::fd::AsRawFd;
+    let (mut i, mut o) = (off_in, off_out);
+    // SAFETY: test helper; live descriptors and offsets.
+    let r =
+        unsafe { libc::copy_file_range(src.as_raw_fd(), &mut i, dst.as_raw_fd(), &mut o, len, 0) };
+    if r < 0 {
+        Err(errno(std::io::Error::last_os_error()))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+#[test]
+fn copy_file_range_matches_the_kernel_and_never_writes_a_lower_file() {
+    let pair = Pair::writable(&lowers(), "");
+    pair.both("copy_file_range cases", |m| {
+        let open_rw = |p: &str| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(m.join(p))
+        };
+        // Opened before a copy-up: the copy reads the data written since.
+        let passwd = fs::File::open(m.join("etc/passwd")).map_err(errno)?;
+        write_file(&m.join("etc/passwd"), b"rewritten passwd\n")?;
+        let fresh = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(m.join("fresh"))
+            .map_err(errno)?;
+        let mut got = vec![copy_range(&passwd, 0, &fresh, 0, 1 << 20)?];
+        // Into the middle of a lower file, which is copied up by the write open.
+        let hosts = open_rw("etc/hosts").map_err(errno)?;
+        got.push(copy_range(&passwd, 2, &hosts, 4, 5)?);
+        // Past the end of the source: nothing.
+        got.push(copy_range(&passwd, 1000, &hosts, 0, 10)?);
+        let ro = fs::File::open(m.join("usr/share/doc/a")).map_err(errno)?;
+        let errs = [
+            copy_range(&passwd, 0, &ro, 0, 4).unwrap_err(),
+            copy_range(&hosts, 0, &hosts, 2, 4).unwrap_err(),
+        ];
+        Ok((
+            got,
+            errs,
+            read(&m.join("fresh"))?,
+            read(&m.join("etc/hosts"))?,
+        ))
+    });
+    pair.assert_same_tree();
+    let lower = pair.scratch.path("o0/etc/hosts");
+    assert_eq!(fs::read(lower).unwrap(), b"top hosts\n");
+}
+
+/// The offsets SEEK_DATA and SEEK_HOLE give (or their errno) at each of `from`.
+fn data_and_holes(p: &Path, from: &[i64]) -> Result<Vec<(i64, i64)>, i32> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(p).map_err(errno)?;
+    let seek = |off, whence| {
+        // SAFETY: test helper; a live descriptor.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        if r < 0 {
+            -i64::from(errno(std::io::Error::last_os_error()))
+        } else {
+            r
+        }
+    };
+    Ok(from
+        .iter()
+        .map(|&o| (seek(o, libc::SEEK_DATA), seek(o, libc::SEEK_HOLE)))
+        .collect())
+}
+
+#[test]
+fn seek_data_and_hole_match_the_kernel_on_lower_and_upper_files() {
+    let mut layers = lowers();
+    layers[0] = top().file("sparse", "");
+    let pair = Pair::writable(&layers, "");
+    // Made sparse before anything looks at it (the layer builder writes plain files).
+    for root in ["o0", "k0"] {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(pair.scratch.path(&format!("{root}/sparse")))
+            .unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[7; 8192], 3 << 20).unwrap();
+    }
+    let from = [0, 3 << 20, (3 << 20) + 4096, 5 << 20, 8 << 20, 9 << 20];
+    pair.both("lower sparse file", |m| {
+        data_and_holes(&m.join("sparse"), &from)
+    });
+    pair.both("upper sparse file", |m| {
+        let f = fs::File::create(m.join("up-sparse")).map_err(errno)?;
+        f.set_len(8 << 20).map_err(errno)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[7; 8192], 3 << 20).map_err(errno)?;
+        drop(f);
+        data_and_holes(&m.join("up-sparse"), &from)
+    });
+    pair.both("a file without holes", |m| {
+        data_and_holes(&m.join("etc/hosts"), &[0, 3, 10, 11])
+    });
+}

@@ -407,37 +407,48 @@ pub(super) fn copy_data(src: &File, dst: &File, size: u64) -> Result<(), Errno> 
             Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => size,
             Err(e) => return Err(e),
         };
-        copy_extent(src, dst, start, end)?;
+        copy_range(src, start, dst, start, end - start)?;
         pos = end.max(start + 1);
     }
     dst.set_len(size).map_err(io_errno)
 }
 
-fn copy_extent(src: &File, dst: &File, mut pos: u64, end: u64) -> Result<(), Errno> {
+/// Copies up to `len` bytes from `src` at `from` to `dst` at `to`, in the kernel where the
+/// filesystems allow it and through a buffer where they do not; returns the bytes copied,
+/// short only where `src` ends.
+pub(super) fn copy_range(
+    src: &File,
+    mut from: u64,
+    dst: &File,
+    mut to: u64,
+    len: u64,
+) -> Result<u64, Errno> {
     let mut kernel_copy = true;
     let mut buf = Vec::new();
-    while pos < end {
-        let want = ((end - pos) as usize).min(CHUNK);
-        if kernel_copy {
-            match file::copy_range(src, dst, pos, want) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    pos += n as u64;
-                    continue;
-                }
+    let mut done = 0;
+    while done < len {
+        let want = ((len - done) as usize).min(CHUNK);
+        let n = if kernel_copy {
+            match file::copy_range(src, from, dst, to, want) {
+                Ok(n) => n,
                 Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
                     kernel_copy = false;
+                    continue;
                 }
                 Err(e) => return Err(e),
             }
-        }
-        buf.resize(want, 0);
-        let n = src.read_at(&mut buf, pos).map_err(io_errno)?;
+        } else {
+            buf.resize(want, 0);
+            let n = src.read_at(&mut buf, from).map_err(io_errno)?;
+            dst.write_all_at(&buf[..n], to).map_err(io_errno)?;
+            n
+        };
         if n == 0 {
-            return Ok(());
+            break;
         }
-        dst.write_all_at(&buf[..n], pos).map_err(io_errno)?;
-        pos += n as u64;
+        from += n as u64;
+        to += n as u64;
+        done += n as u64;
     }
-    Ok(())
+    Ok(done)
 }

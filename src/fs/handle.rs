@@ -161,6 +161,36 @@ impl Overlay {
         Ok(data.len() as u32)
     }
 
+    /// Copies up to `len` bytes from open file `fh_in` at `off_in` to open file `fh_out` at
+    /// `off_out` (copy_file_range(2), done here so the data never passes through the caller);
+    /// returns the bytes copied, short only where the source ends.
+    pub fn copy_file_range(
+        &self,
+        (fh_in, off_in): (u64, u64),
+        (fh_out, off_out): (u64, u64),
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let src = self.read_file(&*self.handle(fh_in)?)?;
+        // Opened read-only: the kernel checks the access mode, so this never lets a write
+        // through to a lower file.
+        let dst = self.handle(fh_out)?.writable().ok_or(Errno::EBADF)?;
+        off_in.checked_add(len).ok_or(Errno::EINVAL)?;
+        off_out.checked_add(len).ok_or(Errno::EFBIG)?;
+        super::copyup::copy_range(&src, off_in, &dst, off_out, len)
+    }
+
+    /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) at or after `offset` starts
+    /// in open file `fh`; ENXIO past the last data, or at or past the end.
+    pub fn seek_data_or_hole(&self, fh: u64, offset: u64, whence: i32) -> Result<u64, Errno> {
+        let f = self.read_file(&*self.handle(fh)?)?;
+        let found = match whence {
+            libc::SEEK_DATA => file::next_data(&f, offset)?,
+            libc::SEEK_HOLE => file::next_hole(&f, offset)?,
+            _ => return Err(Errno::EINVAL),
+        };
+        found.ok_or(Errno::ENXIO)
+    }
+
     /// fsync (or fdatasync with `datasync`) of open file `fh`.
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let h = self.handle(fh)?;

@@ -290,6 +290,76 @@ fn copy_up_keeps_the_number_and_leaves_the_lower_file_alone() {
 }
 
 #[test]
+fn copy_file_range_reads_the_current_copy_and_writes_only_the_upper() {
+    let (t, o) = writable(MarkerFormat::Kernel, |r| {
+        write(r, "src", "0123456789");
+        write(r, "dst", "abcdefghij");
+    });
+    let src = o.lookup(1, OsStr::new("src")).unwrap().0.ino;
+    let dst = o.lookup(1, OsStr::new("dst")).unwrap().0.ino;
+    // Opened on the lower file, then rewritten through another descriptor (a copy-up).
+    let src_ro = o.open(src, libc::O_RDONLY).unwrap();
+    let src_rw = o.open(src, libc::O_WRONLY).unwrap();
+    o.write(src_rw, 0, b"ABCD").unwrap();
+    let dst_ro = o.open(dst, libc::O_RDONLY).unwrap();
+    assert_eq!(
+        o.copy_file_range((src_ro, 0), (dst_ro, 0), 4).unwrap_err(),
+        Errno::EBADF,
+        "a read-only destination"
+    );
+    let dst_rw = o.open(dst, libc::O_WRONLY).unwrap();
+    assert_eq!(o.copy_file_range((src_ro, 2), (dst_rw, 5), 6).unwrap(), 6);
+    // Short where the source ends, nothing past it.
+    assert_eq!(o.copy_file_range((src_ro, 8), (dst_rw, 0), 100).unwrap(), 2);
+    assert_eq!(
+        o.copy_file_range((src_ro, 50), (dst_rw, 0), 100).unwrap(),
+        0
+    );
+    assert_eq!(o.read(dst_ro, 0, 100).unwrap(), b"89cdeCD4567");
+    for fh in [src_ro, src_rw, dst_ro, dst_rw] {
+        o.release(fh);
+    }
+    assert_eq!(
+        std::fs::read(t.path().join("lower/dst")).unwrap(),
+        b"abcdefghij"
+    );
+    assert_eq!(
+        std::fs::read(t.path().join("lower/src")).unwrap(),
+        b"0123456789"
+    );
+}
+
+#[test]
+fn seek_data_and_hole_follow_the_layer_files_extents() {
+    let (_t, o) = writable(MarkerFormat::Kernel, |r| {
+        let f = std::fs::File::create(r.join("sparse")).unwrap();
+        f.set_len(4 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1; 4096], 1 << 20).unwrap();
+    });
+    let f = o.lookup(1, OsStr::new("sparse")).unwrap().0.ino;
+    let fh = o.open(f, libc::O_RDONLY).unwrap();
+    assert_eq!(
+        o.seek_data_or_hole(fh, 0, libc::SEEK_DATA).unwrap(),
+        1 << 20
+    );
+    assert_eq!(o.seek_data_or_hole(fh, 0, libc::SEEK_HOLE).unwrap(), 0);
+    assert_eq!(
+        o.seek_data_or_hole(fh, 1 << 20, libc::SEEK_HOLE).unwrap(),
+        (1 << 20) + 4096
+    );
+    assert_eq!(
+        o.seek_data_or_hole(fh, 2 << 20, libc::SEEK_DATA)
+            .unwrap_err(),
+        Errno::ENXIO
+    );
+    assert_eq!(
+        o.seek_data_or_hole(fh, 0, libc::SEEK_END).unwrap_err(),
+        Errno::EINVAL
+    );
+    o.release(fh);
+}
+
+#[test]
 fn unlink_waits_for_a_copy_up_under_way_and_then_removes_the_copy() {
     use std::os::unix::fs::FileTypeExt;
     let (t, o) = writable(MarkerFormat::Kernel, |r| write(r, "d/f", "lower"));

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use self::passthrough::{OpenIo, Passthrough};
@@ -395,6 +395,52 @@ impl Filesystem for OverlayFs {
     ) {
         match self.core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if !flags.is_empty() {
+            return reply.error(errno(Errno::EINVAL));
+        }
+        // The reply's count is 32 bits (the kernel asks for no more than that, page-aligned).
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let range = self
+            .core
+            .copy_file_range((fh_in.0, offset_in), (fh_out.0, offset_out), len);
+        match range {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel asks only for SEEK_DATA and SEEK_HOLE; it moves the offset itself.
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(errno(Errno::ENXIO));
+        };
+        match self.core.seek_data_or_hole(fh.0, offset, whence) {
+            Ok(at) => reply.offset(at as i64),
             Err(e) => reply.error(errno(e)),
         }
     }

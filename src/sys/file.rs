@@ -44,11 +44,17 @@ pub fn clone_file(dst: &File, src: &File) -> Result<(), Errno> {
     check(ret.into()).map(drop)
 }
 
-/// Copies up to `len` bytes from `src` at `offset` to `dst` at the same offset inside the
+/// Copies up to `len` bytes from `src` at `src_offset` to `dst` at `dst_offset` inside the
 /// kernel; returns the bytes copied (0 at end of file).
-pub fn copy_range(src: &File, dst: &File, offset: u64, len: usize) -> Result<usize, Errno> {
-    let mut off_in = i64::try_from(offset).map_err(|_| Errno::EFBIG)?;
-    let mut off_out = off_in;
+pub fn copy_range(
+    src: &File,
+    src_offset: u64,
+    dst: &File,
+    dst_offset: u64,
+    len: usize,
+) -> Result<usize, Errno> {
+    let mut off_in = i64::try_from(src_offset).map_err(|_| Errno::EFBIG)?;
+    let mut off_out = i64::try_from(dst_offset).map_err(|_| Errno::EFBIG)?;
     // SAFETY: both offsets point at live i64s the kernel updates; both fds are live.
     let ret = unsafe {
         libc::copy_file_range(
