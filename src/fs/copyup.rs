@@ -126,7 +126,7 @@ impl Overlay {
             {
                 let _dir = self.dir_locks.lock(parent.id);
                 let times = updir.stat()?;
-                up.mark_impure(&updir);
+                self.mark_impure(up, &parent, &updir);
                 up.index.link(&key, &updir, &name)?;
                 restore_times(&updir, &times);
             }
@@ -185,7 +185,7 @@ impl Overlay {
         let done = built.and_then(|()| {
             let _dir = self.dir_locks.lock(parent.id);
             let times = updir.stat()?;
-            up.mark_impure(updir);
+            self.mark_impure(up, parent, updir);
             up.work.rename(tmp, updir, name, rename_flags::NOREPLACE)?;
             restore_times(updir, &times);
             Ok(())

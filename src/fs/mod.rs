@@ -328,9 +328,11 @@ impl Overlay {
         let mut index = None;
         if let Some(up) = &self.upper {
             if r.chain[0].layer == 0 {
-                let dir = self.layer_dir(parent, &parent.path(), 0)?;
-                if let Some(o) = up.origin(&dir, Some(name), (st.dev, st.ino)) {
-                    origin = o;
+                if self.holds_origins(up, parent)? {
+                    let dir = self.layer_dir(parent, &parent.path(), 0)?;
+                    if let Some(o) = up.origin(&dir, Some(name), (st.dev, st.ino)) {
+                        origin = o;
+                    }
                 }
             } else if r.kind != FileKind::Directory && st.nlink > 1 {
                 let key = upper::index_key(&st);
@@ -346,6 +348,25 @@ impl Overlay {
             }
         }
         Ok((self.inos.id(origin.0, origin.1), index, st))
+    }
+
+    /// Whether the upper directory of merged directory `dir` may hold entries with an
+    /// origin (as listings decide it): its marker is read once, then kept on the node.
+    fn holds_origins(&self, up: &Upper, dir: &Node) -> Result<bool, Errno> {
+        if let Some(known) = dir.impurity() {
+            return Ok(known);
+        }
+        let updir = self.layer_dir(dir, &dir.path(), 0)?;
+        let impure = up.is_impure(&updir);
+        dir.learn_impurity(impure);
+        Ok(impure)
+    }
+
+    /// Marks `updir`, the upper directory of merged directory `dir`, as holding (or about to
+    /// hold) an entry with an origin. Called before the entry arrives.
+    fn mark_impure(&self, up: &Upper, dir: &Node, updir: &Dir) {
+        up.mark_impure(updir);
+        dir.note_impure();
     }
 
     /// Records a kernel reference to the resolved child `name` of `dir`.

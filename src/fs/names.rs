@@ -225,7 +225,7 @@ impl Overlay {
             return Err(Errno::EEXIST);
         }
         let (src_dir, src_name) = self.locate(&node)?;
-        up.mark_impure(&updir);
+        self.mark_impure(up, &dir, &updir);
         if Layer::probe(&updir, false, newname)? == Probe::Whiteout {
             let tmp = up.temp_name();
             src_dir.link(&src_name, &up.work, &tmp)?;

@@ -8,7 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -118,6 +118,13 @@ impl Link {
     }
 }
 
+/// [`Node::impurity`] not read yet.
+const IMPURITY_UNKNOWN: u8 = 0;
+/// The upper directory holds no entry with an origin.
+const PURE: u8 = 1;
+/// The upper directory may hold entries with an origin.
+const IMPURE: u8 = 2;
+
 fn next_serial() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -137,6 +144,9 @@ pub struct Node {
     /// so the kernel never mistakes it for the old one.
     pub generation: u32,
     unlinked: AtomicBool,
+    /// For a directory: whether its upper directory may hold entries with an origin, once
+    /// known ([`IMPURITY_UNKNOWN`], [`PURE`] or [`IMPURE`]).
+    impurity: AtomicU8,
     lookups: AtomicU64,
     link: RwLock<Link>,
     chain: RwLock<StoredChain>,
@@ -151,6 +161,7 @@ impl Node {
             kind: FileKind::Directory,
             generation: 0,
             unlinked: AtomicBool::new(false),
+            impurity: AtomicU8::new(IMPURITY_UNKNOWN),
             lookups: AtomicU64::new(1),
             link: RwLock::new(Link::new(None, OsStr::new(""), None)),
             chain: RwLock::new(StoredChain::new(chain)),
@@ -222,6 +233,32 @@ impl Node {
     /// Records that the object's last name is gone (it may still be open).
     pub fn mark_unlinked(&self) {
         self.unlinked.store(true, Ordering::Release);
+    }
+
+    /// For a directory: whether its upper directory may hold entries with an origin, if
+    /// known. Being marked is the only change it sees, so a known answer stays true.
+    pub fn impurity(&self) -> Option<bool> {
+        match self.impurity.load(Ordering::SeqCst) {
+            PURE => Some(false),
+            IMPURE => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Records what the upper directory's marker said, unless a marking got there first.
+    pub fn learn_impurity(&self, impure: bool) {
+        let seen = if impure { IMPURE } else { PURE };
+        let _ = self.impurity.compare_exchange(
+            IMPURITY_UNKNOWN,
+            seen,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Records that the upper directory was just marked as holding entries with an origin.
+    pub fn note_impure(&self) {
+        self.impurity.store(IMPURE, Ordering::SeqCst);
     }
 
     /// True once the object has no name left in the merged tree.
@@ -366,6 +403,7 @@ impl NodeTable {
                 kind,
                 generation,
                 unlinked: AtomicBool::new(false),
+                impurity: AtomicU8::new(IMPURITY_UNKNOWN),
                 lookups: AtomicU64::new(lookups),
                 link: RwLock::new(Link::new(Some(parent), name, index)),
                 chain: RwLock::new(StoredChain::new(chain)),

@@ -87,9 +87,9 @@ impl Overlay {
         let _locks = self.dir_locks.lock_two(sdir.id, ddir.id);
         if sdir.id != ddir.id {
             // Objects with an origin may arrive in either directory.
-            up.mark_impure(&d_up);
+            self.mark_impure(up, &ddir, &d_up);
             if exchange {
-                up.mark_impure(&s_up);
+                self.mark_impure(up, &sdir, &s_up);
             }
         }
         // Whether the replaced object loses its last name.
@@ -305,7 +305,7 @@ impl Overlay {
                 return up.work.unlink(&s.tmp);
             }
             let times = updir.stat()?;
-            up.mark_impure(&updir);
+            self.mark_impure(up, &s.dir, &updir);
             up.work
                 .rename(&s.tmp, &updir, &s.name, rename_flags::NOREPLACE)?;
             restore_times(&updir, &times);

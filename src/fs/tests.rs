@@ -290,6 +290,38 @@ fn copy_up_keeps_the_number_and_leaves_the_lower_file_alone() {
 }
 
 #[test]
+fn a_copy_up_into_a_directory_known_pure_keeps_its_number() {
+    let (_t, o) = writable(MarkerFormat::Kernel, |r| write(r, "d/f", "lower data"));
+    let d = o.lookup(1, OsStr::new("d")).unwrap().0.ino;
+    let f = o.lookup(d, OsStr::new("f")).unwrap().0.ino;
+    // A file made through the mount gives `d` an upper directory, which a lookup of that
+    // file then learns holds no copied-up entries.
+    let (new, _, fh) = o
+        .make(d, OsStr::new("new"), NewObject::File, 0o644, ME)
+        .unwrap();
+    o.release(fh.unwrap());
+    assert_eq!(o.lookup(d, OsStr::new("new")).unwrap().0.ino, new.ino);
+    let fh = o.open(f, libc::O_WRONLY).unwrap();
+    assert_eq!(o.write(fh, 0, b"L").unwrap(), 1);
+    o.release(fh);
+    o.forget(f, 1);
+    assert_eq!(
+        o.lookup(d, OsStr::new("f")).unwrap().0.ino,
+        f,
+        "the copy-up marked the directory, and the lookup saw it"
+    );
+    let fh = o.opendir(d).unwrap();
+    let mut listed = Vec::new();
+    o.readdir(fh, 0, |e, _| {
+        listed.push((e.name.to_string_lossy().into_owned(), e.ino));
+        false
+    })
+    .unwrap();
+    o.releasedir(fh);
+    assert!(listed.contains(&("f".to_owned(), f)), "{listed:?}");
+}
+
+#[test]
 fn copy_file_range_reads_the_current_copy_and_writes_only_the_upper() {
     let (t, o) = writable(MarkerFormat::Kernel, |r| {
         write(r, "src", "0123456789");
