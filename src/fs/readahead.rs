@@ -3,8 +3,8 @@
 //! caches each one costs the layers' filesystems disk reads (its entries and their inodes)
 //! that the walk waits for, one directory after the other. Once a walk is seen entering a
 //! subdirectory of a listed directory, the next few subdirectories of that listing are read
-//! by a background thread ([`Overlay::read_ahead`]): their layer directories listed, their
-//! entries stat'ed. The disk reads then overlap the walk's own work, as the page cache's
+//! by a background thread ([`Overlay::read_ahead`]): their lower layer directories listed,
+//! their entries stat'ed. The disk reads then overlap the walk's own work, as the page cache's
 //! readahead does for file data. Nothing the walk sees changes: only caches are warmed.
 
 use std::ffi::OsString;
@@ -140,8 +140,8 @@ impl Readahead {
 
 impl Overlay {
     /// Reads the subdirectories `job` names as a walk entering them would: resolves each,
-    /// lists its directory in every layer it is made of and stats every entry there. Errors
-    /// are ignored: the walk itself meets and reports them.
+    /// lists its directory in every lower layer it is made of and stats every entry there.
+    /// Errors are ignored: the walk itself meets and reports them.
     pub fn read_ahead(&self, job: &Job) {
         let path = job.parent.path();
         let chain = job.parent.chain();
@@ -154,7 +154,13 @@ impl Overlay {
                 continue;
             }
             let dir_path = path.join(name);
-            for cd in &found.chain {
+            // The upper layer is left out: what it holds was mostly written through this
+            // mount and is still cached, and reading it again costs the walk a CPU.
+            for cd in found
+                .chain
+                .iter()
+                .filter(|cd| !self.is_upper_layer(cd.layer))
+            {
                 let Ok(dir) = self.layers[cd.layer].dir(&dir_path) else {
                     continue;
                 };
