@@ -24,9 +24,20 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
-/// Summed `st_size` of a merged directory's layer directories from which they are listed
-/// on two threads (on ext4 about 3,000 entries): below it a thread costs more than it saves.
+/// Summed [`listing_bytes`] of a merged directory's layer directories from which they are
+/// listed on two threads (on ext4 about 3,000 entries): below it a thread costs more than it
+/// saves.
 pub(super) const PARALLEL_BYTES: u64 = 64 * 1024;
+
+/// The size of a directory that holds next to nothing: ext4 gives one block at creation.
+const EMPTY_DIR_BYTES: u64 = 4096;
+
+/// What a layer directory of `st_size` bytes counts toward [`PARALLEL_BYTES`]: its size past
+/// the first block, so a stack of many nearly empty directories (one per layer) is not
+/// taken for a big one.
+pub(super) fn listing_bytes(st_size: u64) -> u64 {
+    st_size.saturating_sub(EMPTY_DIR_BYTES)
+}
 
 /// Lists the merged directory made of `chain`, without `.` and `..`: each name once, from
 /// the topmost layer that has it, whiteouts and markers left out. `upper`, given when
@@ -102,7 +113,7 @@ pub fn list(
 fn list_layers(dirs: &[Arc<LayerDir>]) -> Result<Vec<Vec<RawEntry>>, Errno> {
     let sizes: Vec<u64> = if dirs.len() > 1 {
         dirs.iter()
-            .map(|d| d.stat().map_or(0, |st| st.size))
+            .map(|d| d.stat().map_or(0, |st| listing_bytes(st.size)))
             .collect()
     } else {
         Vec::new()
