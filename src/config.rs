@@ -122,7 +122,7 @@ const IGNORED_KEYS: [&str; 16] = [
     "max_idle_threads",
     "plugins",
 ];
-const IGNORED_FLAGS: [&str; 19] = [
+const IGNORED_FLAGS: [&str; 18] = [
     "rw",
     "relatime",
     "strictatime",
@@ -141,7 +141,6 @@ const IGNORED_FLAGS: [&str; 19] = [
     "users",
     "owner",
     "group",
-    "noacl",
 ];
 
 #[derive(Default)]
@@ -372,6 +371,10 @@ impl MountConfig {
                 flag(value)?;
                 self.view.ino32 = true;
             }
+            "noacl" => {
+                flag(value)?;
+                self.view.no_acl = true;
+            }
             "noxattrs" => {
                 self.view.no_xattrs = match value {
                     None | Some("1") => true,
@@ -527,7 +530,7 @@ mod tests {
         assert_eq!(v.ids.uids.ranges[1].shown, 100000);
         assert_eq!(v.ids.gids.ranges.len(), 1);
         assert_eq!((v.ids.uids.squash, v.ids.gids.squash), (Some(7), Some(0)));
-        assert!(v.static_nlink && v.ino32 && v.no_xattrs);
+        assert!(v.static_nlink && v.ino32 && v.no_xattrs && v.no_acl);
         assert_eq!(v.owner_xattr, Some(owner_xattr::USER));
     }
 

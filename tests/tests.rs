@@ -4,6 +4,7 @@
 
 mod util;
 
+mod acl;
 mod cache;
 mod cli;
 mod crash;

@@ -3,6 +3,7 @@
 //! layers, in plain Rust. It never imports fuser; the FUSE adapter (`crate::fuse`) and the
 //! unit tests drive it alike. Every method returns `Result<_, Errno>`.
 
+pub mod acl;
 pub mod attr;
 mod compact;
 mod copyup;
@@ -128,6 +129,8 @@ pub struct View {
     pub ino32: bool,
     /// Xattrs are not served (`noxattrs`).
     pub no_xattrs: bool,
+    /// POSIX ACLs are neither checked nor inherited, only kept as xattrs (`noacl`).
+    pub no_acl: bool,
     /// Owners and modes are kept in this xattr of the upper layer's objects and read from
     /// the owner xattrs of every layer (`xattr_permissions=1|2`; `None`: off).
     pub owner_xattr: Option<&'static str>,
@@ -666,18 +669,30 @@ impl Overlay {
             || (self.view.owner_xattr.is_some() && owner_xattr::is_owner_xattr(name))
     }
 
-    /// The value of xattr `name` of `ino`; the overlay's own xattrs do not exist here.
+    /// The value of xattr `name` of `ino`; the overlay's own xattrs do not exist here. The
+    /// ids in an ACL are shown as the owners are.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         self.xattrs_served()?;
         if self.hidden_xattr(name.as_bytes()) {
             return Err(Errno::ENODATA);
         }
         let node = self.nodes.get(ino)?;
-        if node.kind == FileKind::Directory {
-            return self.dir_of(&node)?.xattr_get(name);
+        let value = if node.kind == FileKind::Directory {
+            self.dir_of(&node)?.xattr_get(name)?
+        } else {
+            let (dir, child) = self.locate(&node)?;
+            dir.child_xattr_get(&child, name)?
+        };
+        if acl::is_acl_xattr(name.as_bytes()) {
+            return Ok(acl::shown_value(&self.view.ids, value));
         }
-        let (dir, child) = self.locate(&node)?;
-        dir.child_xattr_get(&child, name)
+        Ok(value)
+    }
+
+    /// Whether the kernel is to check POSIX ACLs: they are served (not `noacl`, not
+    /// `noxattrs`).
+    pub fn enforces_acls(&self) -> bool {
+        !self.view.no_acl && !self.view.no_xattrs
     }
 
     /// The NUL-separated xattr names of `ino`, the overlay's own left out.

@@ -3,12 +3,14 @@
 //! A new object is made directly in the upper directory when no whiteout holds its name;
 //! over a whiteout it is built in the work dir and swapped in with `RENAME_EXCHANGE`, so the
 //! name goes from "deleted" to "new object" in one step. A removed name that a lower layer
-//! also holds gets a whiteout, again in one step where the format allows.
+//! also holds gets a whiteout, again in one step where the format allows. A new object takes
+//! its directory's default ACL or, without one, the caller's umask, as on the kernel overlay.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::sync::Arc;
 
+use super::acl::{self, Acl};
 use super::copyup::CopyGuard;
 use super::layer::{Layer, Probe};
 use super::node::{ChainDir, Node};
@@ -52,15 +54,16 @@ fn refuse_marker_name(name: &OsStr) -> Result<(), Errno> {
 }
 
 impl Overlay {
-    /// Creates `what` as `name` in directory `parent` with permission bits `mode` (umask
-    /// already applied), owned by `caller`. Returns its attributes and generation, and for
-    /// a file the open handle.
+    /// Creates `what` as `name` in directory `parent` with permission bits `mode`, owned by
+    /// `caller`, whose file mode creation mask is `umask`. Returns its attributes and
+    /// generation, and for a file the open handle.
     pub fn make(
         &self,
         parent: u64,
         name: &OsStr,
         what: NewObject<'_>,
         mode: u32,
+        umask: u32,
         caller: Caller,
     ) -> Result<(Attr, u64, Option<u64>), Errno> {
         let up = self.writable()?;
@@ -104,6 +107,7 @@ impl Overlay {
         if setgid_dir && matches!(what, NewObject::Dir) {
             perm |= libc::S_ISGID;
         }
+        let acls = self.new_object_acls(&updir, what, &mut perm, umask)?;
         // An object the daemon would create with another owner than the caller's is built
         // in the work dir and renamed in once it is owned right: a crash never leaves it
         // visible with the daemon's ids (and a setuid bit).
@@ -115,7 +119,8 @@ impl Overlay {
         let foreign = uid != self.creds.0 || gid != default_gid;
         // With owner xattrs the object is built in the work dir too: it appears with its
         // xattr already set.
-        let in_work = over_whiteout || foreign || up.owner_xattr.is_some();
+        // So does one inheriting ACLs: it appears with them.
+        let in_work = over_whiteout || foreign || up.owner_xattr.is_some() || !acls.is_empty();
         let (build_dir, build_name) = if in_work {
             (&up.work, up.temp_name())
         } else {
@@ -143,6 +148,12 @@ impl Overlay {
             }),
             None => build(build_dir, &build_name, what, perm, uid, gid),
         };
+        let made = made.and_then(|made| {
+            for (attr, value) in &acls {
+                build_dir.child_xattr_set(&build_name, OsStr::new(attr), value, 0)?;
+            }
+            Ok(made)
+        });
         let (file, built) = match made {
             Ok(made) => made,
             Err(e) => {
@@ -189,6 +200,45 @@ impl Overlay {
         let generation = node.generation;
         let fh = file.map(|f| self.add_handle(node, f, true, true));
         Ok((attr, u64::from(generation), fh))
+    }
+
+    /// The ACL xattrs (name, value) a new object `what` in upper directory `updir` starts
+    /// with, its permission bits `perm` masked as the kernel overlay's upper filesystem
+    /// would: by the directory's default ACL where it has one, else by the caller's `umask`.
+    /// A symlink gets neither.
+    fn new_object_acls(
+        &self,
+        updir: &Dir,
+        what: NewObject<'_>,
+        perm: &mut u32,
+        umask: u32,
+    ) -> Result<Vec<(&'static str, Vec<u8>)>, Errno> {
+        if matches!(what, NewObject::Symlink(_)) {
+            return Ok(Vec::new());
+        }
+        let default = if self.view.no_acl || self.view.no_xattrs {
+            None
+        } else {
+            match updir.xattr_get(OsStr::new(acl::DEFAULT)) {
+                Ok(value) => Some(value),
+                Err(Errno::ENODATA | Errno::EOPNOTSUPP) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        let Some(value) = default else {
+            *perm &= !(umask & 0o777);
+            return Ok(Vec::new());
+        };
+        let (access, masked) = Acl::parse(&value).map_err(|_| Errno::EIO)?.inherit(*perm)?;
+        *perm = masked;
+        let mut acls = Vec::new();
+        if let Some(access) = access {
+            acls.push((acl::ACCESS, access.to_bytes()));
+        }
+        if matches!(what, NewObject::Dir) {
+            acls.push((acl::DEFAULT, value));
+        }
+        Ok(acls)
     }
 
     /// Moves the finished object `tmp` from the work dir to `name` in `updir`, where a

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use super::idmap::OneMap;
 use super::owner_xattr::{self, Owner};
-use super::{copyup, marker, Attr, Overlay};
+use super::{acl, copyup, marker, Attr, Overlay};
 use crate::sys::{io_errno, Dir, Errno, FileKind, SetTime};
 
 /// The attributes a setattr request changes (`None`: leave as is).
@@ -216,6 +216,14 @@ impl Overlay {
             return Err(Errno::EPERM);
         }
         self.writable()?;
+        let stored;
+        let set = match set {
+            Some((value, flags)) if acl::is_acl_xattr(name.as_bytes()) => {
+                stored = acl::stored_value(&self.view.ids, value)?;
+                Some((&stored[..], flags))
+            }
+            other => other,
+        };
         let node = self.live_node(ino)?;
         if set.is_none() && !self.on_upper(&node) {
             // Removing an xattr the lower object lacks fails without a copy-up, as on the

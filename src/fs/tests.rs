@@ -297,7 +297,7 @@ fn a_copy_up_into_a_directory_known_pure_keeps_its_number() {
     // A file made through the mount gives `d` an upper directory, which a lookup of that
     // file then learns holds no copied-up entries.
     let (new, _, fh) = o
-        .make(d, OsStr::new("new"), NewObject::File, 0o644, ME)
+        .make(d, OsStr::new("new"), NewObject::File, 0o644, 0, ME)
         .unwrap();
     o.release(fh.unwrap());
     assert_eq!(o.lookup(d, OsStr::new("new")).unwrap().0.ino, new.ino);
@@ -427,7 +427,7 @@ fn mkdir_over_a_deleted_dir_is_opaque_and_renaming_a_lower_dir_works() {
     o.unlink(d, OsStr::new("old")).unwrap();
     o.rmdir(1, OsStr::new("d")).unwrap();
     let (attr, _, _) = o
-        .make(1, OsStr::new("d"), NewObject::Dir, 0o755, ME)
+        .make(1, OsStr::new("d"), NewObject::Dir, 0o755, 0, ME)
         .unwrap();
     assert_eq!(names(&o, attr.ino), vec![".", ".."]);
     assert_eq!(
@@ -477,14 +477,14 @@ fn id_mappings_show_stored_owners_mapped_and_refuse_ids_without_room() {
         gid: 100002,
     };
     let (made, _, _) = o
-        .make(d.ino, OsStr::new("new"), NewObject::Dir, 0o755, inside)
+        .make(d.ino, OsStr::new("new"), NewObject::Dir, 0o755, 0, inside)
         .unwrap();
     assert_eq!((made.uid, made.gid), (100001, 100002));
     let st = std::fs::metadata(t.path().join("upper/d/new")).unwrap();
     assert_eq!((st.uid(), st.gid()), (1, 2));
     let outside = Caller { uid: 70000, gid: 7 };
     let (made, _, _) = o
-        .make(d.ino, OsStr::new("x"), NewObject::Dir, 0o755, outside)
+        .make(d.ino, OsStr::new("x"), NewObject::Dir, 0o755, 0, outside)
         .unwrap();
     assert_eq!((made.uid, made.gid), (165534, 165534), "stored as nobody");
 

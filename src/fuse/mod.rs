@@ -175,6 +175,23 @@ impl Filesystem for OverlayFs {
         {
             log::debug!("kernel lacks FUSE_DO_READDIRPLUS");
         }
+        // The umask is applied here (or a default ACL instead, as the upper filesystem of
+        // the kernel overlay does), not by the kernel before it knows the directory.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_DONT_MASK)
+            .is_err()
+        {
+            log::debug!("kernel lacks FUSE_DONT_MASK");
+        }
+        // The kernel checks POSIX ACLs (read through getxattr) along with the mode bits.
+        if self.core.enforces_acls() {
+            match config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL) {
+                Ok(()) => log::info!("POSIX ACLs: checked by the kernel"),
+                Err(_) => {
+                    log::warn!("POSIX ACLs: kept but not checked (kernel lacks FUSE_POSIX_ACL)")
+                }
+            }
+        }
         let _ = config.set_max_write(MAX_WRITE);
         self.passthrough.negotiate(config, &self.core)
     }
@@ -258,7 +275,7 @@ impl Filesystem for OverlayFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -267,10 +284,9 @@ impl Filesystem for OverlayFs {
         } else {
             NewObject::Node(mode & libc::S_IFMT, rdev.into())
         };
-        // The kernel has applied the umask (FUSE_DONT_MASK is not negotiated).
         let made = self
             .core
-            .make(parent.0, name, what, mode & 0o7777, caller(req));
+            .make(parent.0, name, what, mode & 0o7777, umask, caller(req));
         self.reply_made(made, reply);
     }
 
@@ -280,12 +296,17 @@ impl Filesystem for OverlayFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let made = self
-            .core
-            .make(parent.0, name, NewObject::Dir, mode & 0o7777, caller(req));
+        let made = self.core.make(
+            parent.0,
+            name,
+            NewObject::Dir,
+            mode & 0o7777,
+            umask,
+            caller(req),
+        );
         self.reply_made(made, reply);
     }
 
@@ -309,7 +330,7 @@ impl Filesystem for OverlayFs {
         let what = NewObject::Symlink(target.as_os_str().as_bytes());
         self.reply_made(
             self.core
-                .make(parent.0, link_name, what, 0o777, caller(req)),
+                .make(parent.0, link_name, what, 0o777, 0, caller(req)),
             reply,
         );
     }
@@ -594,13 +615,18 @@ impl Filesystem for OverlayFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self
-            .core
-            .make(parent.0, name, NewObject::File, mode & 0o7777, caller(req));
+        let made = self.core.make(
+            parent.0,
+            name,
+            NewObject::File,
+            mode & 0o7777,
+            umask,
+            caller(req),
+        );
         match made {
             Ok((attr, generation, Some(fh))) => {
                 let (attr, generation) = (file_attr(&attr), Generation(generation));

@@ -112,6 +112,12 @@ impl Layer {
         ));
         self
     }
+    /// Xattr with a binary value on an existing entry.
+    pub fn xattr_bytes(mut self, path: &str, name: &str, value: &[u8]) -> Self {
+        self.ops
+            .push(Op::Xattr(path.into(), name.into(), value.to_vec()));
+        self
+    }
     /// Owner of an existing entry.
     pub fn owner(mut self, path: &str, uid: u32, gid: u32) -> Self {
         self.ops.push(Op::Owner(path.into(), uid, gid));
