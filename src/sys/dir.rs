@@ -178,12 +178,12 @@ impl Dir {
 
     /// Extended attribute names of this directory, as the kernel's NUL-separated list.
     pub fn xattr_list(&self) -> Result<Vec<u8>, Errno> {
-        xattr::list(Target::Fd(self.fd.as_fd()))
+        xattr::list(Target::Dir(self.fd.as_fd()))
     }
 
     /// The value of the extended attribute `attr` of this directory.
     pub fn xattr_get(&self, attr: &OsStr) -> Result<Vec<u8>, Errno> {
-        xattr::get(Target::Fd(self.fd.as_fd()), attr)
+        xattr::get(Target::Dir(self.fd.as_fd()), attr)
     }
 
     /// Extended attribute names of the child `name` (a symlink is read as itself).

@@ -268,12 +268,12 @@ impl Dir {
 
     /// Sets xattr `attr` of this directory.
     pub fn xattr_set(&self, attr: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
-        xattr::set(Target::Fd(self.as_fd()), attr, value, flags)
+        xattr::set(Target::Dir(self.as_fd()), attr, value, flags)
     }
 
     /// Removes xattr `attr` of this directory.
     pub fn xattr_remove(&self, attr: &OsStr) -> Result<(), Errno> {
-        xattr::remove(Target::Fd(self.as_fd()), attr)
+        xattr::remove(Target::Dir(self.as_fd()), attr)
     }
 
     /// Sets xattr `attr` of the child `name` (a symlink itself).

@@ -1,11 +1,12 @@
 //! Extended attributes of layer objects: of an object held by a descriptor, or of a child
 //! named in a directory (a symlink is read as itself, never followed).
 //!
-//! A child is reached in one call with the `*xattrat` system calls (Linux 6.13). Elsewhere
-//! (an older kernel, or a seccomp filter that refuses them) it is opened `O_PATH` first:
-//! `f*xattr` refuse `O_PATH` descriptors, and opening fifos or devices for reading has side
-//! effects, so the object is reached through its `/proc/self/fd/N` magic link with the
-//! following variants (the magic link jumps to the object itself: a symlink stays a symlink).
+//! A child, or a directory as its own `.`, is reached in one call with the `*xattrat` system
+//! calls (Linux 6.13). Elsewhere (an older kernel, or a seccomp filter that refuses them) a
+//! child is opened `O_PATH` first: `f*xattr` refuse `O_PATH` descriptors, and opening fifos
+//! or devices for reading has side effects, so the object is reached through its
+//! `/proc/self/fd/N` magic link with the following variants (the magic link jumps to the
+//! object itself: a symlink stays a symlink).
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -29,11 +30,15 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// Where an attribute lives: the object behind a descriptor, or a child of a directory.
+/// Where an attribute lives: the object behind a descriptor, a directory, or a child of a
+/// directory.
 #[derive(Clone, Copy)]
 pub(super) enum Target<'a> {
     /// The object `fd` holds (any kind of descriptor, `O_PATH` included).
     Fd(BorrowedFd<'a>),
+    /// The directory `fd` holds, reached as `.` relative to itself by the `*xattrat` calls
+    /// (which refuse an `O_PATH` descriptor with an empty path); else as [`Target::Fd`].
+    Dir(BorrowedFd<'a>),
     /// The entry `name` (one component) of the directory `dir`, not followed.
     Child(BorrowedFd<'a>, &'a CStr),
 }
@@ -64,15 +69,17 @@ fn proc_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Runs `at` when the kernel has the `*xattrat` calls and the target is a child; otherwise
-/// `by_path` on the magic link of the target (a child opened `O_PATH` for the call).
+/// Runs `at` when the kernel has the `*xattrat` calls and the target is a child or a
+/// directory; otherwise `by_path` on the magic link of the target (a child opened `O_PATH`
+/// for the call).
 fn dispatch<T>(
     target: Target<'_>,
     at: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<T, Errno>,
     by_path: impl FnOnce(&CStr) -> Result<T, Errno>,
 ) -> Result<T, Errno> {
     match target {
-        Target::Fd(fd) => by_path(&proc_path(fd)),
+        Target::Dir(dir) if have_xattrat() => at(dir, c"."),
+        Target::Fd(fd) | Target::Dir(fd) => by_path(&proc_path(fd)),
         Target::Child(dir, name) if have_xattrat() => at(dir, name),
         Target::Child(dir, name) => {
             let fd = openat2(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
@@ -283,5 +290,27 @@ mod tests {
         remove(child(c"file"), attr).unwrap();
         assert_eq!(get(by_fd, attr), Err(Errno::ENODATA));
         assert_eq!(remove(by_fd, attr), Err(Errno::ENODATA));
+    }
+
+    /// A directory's own xattrs through `.` (where the kernel has `*xattrat`) and through
+    /// its magic link agree, for an `O_PATH` descriptor too.
+    #[test]
+    fn a_directory_reached_as_itself_and_by_its_link_agree() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        let dir = Dir::open_root(t.path()).unwrap();
+        let held = openat2(dir.as_fd(), c"d", libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        let (as_dir, by_fd) = (Target::Dir(held.as_fd()), Target::Fd(held.as_fd()));
+        let attr = OsStr::new("user.test");
+        set(as_dir, attr, b"v", 0).unwrap();
+        assert_eq!(get(by_fd, attr).unwrap(), b"v");
+        assert_eq!(get(as_dir, attr).unwrap(), b"v");
+        assert_eq!(list(as_dir).unwrap(), b"user.test\0");
+        assert_eq!(list(by_fd).unwrap(), list(as_dir).unwrap());
+        remove(as_dir, attr).unwrap();
+        assert_eq!(get(by_fd, attr), Err(Errno::ENODATA));
+        assert_eq!(list(as_dir).unwrap(), b"");
+        // The child's own entry was changed, not the parent's.
+        assert_eq!(list(Target::Dir(dir.as_fd())).unwrap(), b"");
     }
 }
