@@ -158,3 +158,47 @@ fn new_objects_take_the_default_acl_or_the_umask_as_on_the_kernel_overlay() {
     assert_eq!(readers(&pair, "inherit/dir/deeper"), (true, false));
     pair.assert_same_tree();
 }
+
+#[test]
+fn with_modes_in_owner_xattrs_a_chmod_and_an_acl_still_agree_as_on_the_kernel_overlay() {
+    // Modes live in an xattr here, the inode keeps the daemon's access: the ACL must still
+    // follow a chmod, and the shown mode an ACL set.
+    let pair = Pair::writable(&[lower()], "xattr_permissions=2");
+    let mode = |m: &Path| fs::metadata(m).unwrap().permissions().mode() & 0o7777;
+    let chmod = |rel: &str, mode: u32| {
+        for m in [pair.o(rel), pair.k(rel)] {
+            fs::set_permissions(m, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    // The first chmod copies the file up; the next ones change an upper file. Without group
+    // bits the kernel skips the ACL (others' bits decide); with them the mask limits the
+    // named user.
+    chmod("granted", 0o604);
+    assert_eq!(readers(&pair, "granted"), (true, true));
+    chmod("granted", 0o614);
+    assert_eq!(readers(&pair, "granted"), (false, true));
+    chmod("granted", 0o640);
+    assert_eq!(readers(&pair, "granted"), (true, false));
+    let grant = acl(&[
+        (USER_OBJ, 6, NONE),
+        (USER, 4, OTHER_USER),
+        (GROUP_OBJ, 0, NONE),
+        (MASK, 4, NONE),
+        (OTHER, 0, NONE),
+    ]);
+    for m in [pair.o(""), pair.k("")] {
+        set_xattr(&m.join("plain"), ACCESS, &grant);
+    }
+    assert_eq!(readers(&pair, "plain"), (false, true));
+    for rel in ["granted", "plain"] {
+        assert_eq!(mode(&pair.o(rel)), mode(&pair.k(rel)), "{rel}");
+    }
+    assert_eq!(mode(&pair.o("plain")), 0o640);
+    for rel in ["granted", "plain"] {
+        pair.both(&format!("{rel}: its ACL"), |m| {
+            crate::util::tree::xattrs(&m.join(rel))
+                .remove(ACCESS)
+                .ok_or(libc::ENODATA)
+        });
+    }
+}

@@ -109,6 +109,22 @@ impl Acl {
         Ok((extended.then_some(acl), perm))
     }
 
+    /// The permission bits (`0o777`) an object with this access ACL shows: the owner's, the
+    /// mask's (the owning group's where there is no mask) and the others' entries.
+    pub fn perm_bits(&self) -> u32 {
+        let has_mask = self.entries.iter().any(|e| e.tag == MASK);
+        self.entries.iter().fold(0, |bits, e| {
+            let perm = u32::from(e.perm & 0o7);
+            match e.tag {
+                USER_OBJ => bits | perm << 6,
+                MASK => bits | perm << 3,
+                GROUP_OBJ if !has_mask => bits | perm << 3,
+                OTHER => bits | perm,
+                _ => bits,
+            }
+        })
+    }
+
     /// The ACL with the ids of named users mapped by `uid` and of named groups by `gid`;
     /// the first failure is returned.
     pub fn map_ids(
@@ -211,6 +227,21 @@ mod tests {
         // Without an owning group entry the kernel would not have stored it.
         let broken = acl(&[(USER_OBJ, 7, NONE), (OTHER, 0, NONE)]);
         assert_eq!(broken.inherit(0o666), Err(Errno::EIO));
+    }
+
+    #[test]
+    fn the_permission_bits_come_from_owner_mask_and_other() {
+        let named = acl(&[
+            (USER_OBJ, 6, NONE),
+            (USER, 7, 1000),
+            (GROUP_OBJ, 4, NONE),
+            (MASK, 1, NONE),
+            (OTHER, 0, NONE),
+        ]);
+        assert_eq!(named.perm_bits(), 0o610);
+        // Without a mask the owning group gives the group bits.
+        let plain = acl(&[(USER_OBJ, 7, NONE), (GROUP_OBJ, 5, NONE), (OTHER, 5, NONE)]);
+        assert_eq!(plain.perm_bits(), 0o755);
     }
 
     #[test]

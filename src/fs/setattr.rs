@@ -111,8 +111,27 @@ impl Overlay {
         st.uid = set.uid.unwrap_or(current.uid);
         st.gid = set.gid.unwrap_or(current.gid);
         st.mode = (real.mode & libc::S_IFMT) | set.mode.map_or(current.perm, |m| m & 0o7777);
+        // The inode's chmod to the mode kept on disk sets an ACL's mask and others' entries
+        // from the shown mode too (its owner entry keeps the daemon's access).
         copyup::set_owner_xattr(dir, name, &st, attr)?;
         Ok(true)
+    }
+
+    /// With owner xattrs, the shown mode of upper object `name` in `dir` (or of `dir`) after
+    /// its access ACL was set to `value`: the filesystem changed only the inode's mode, so
+    /// the owner xattr takes the ACL's permission bits, as an inode's mode would.
+    fn mode_after_acl(&self, dir: &Dir, name: Option<&OsStr>, value: &[u8]) -> Result<(), Errno> {
+        let real = match name {
+            Some(n) => dir.stat_child(n)?,
+            None => dir.stat()?,
+        };
+        let current = self.owner_xattr(dir, name).unwrap_or(Owner::of(&real));
+        let bits = acl::Acl::parse(value)?.perm_bits();
+        let set = SetAttr {
+            mode: Some((current.perm & !0o777) | bits),
+            ..SetAttr::default()
+        };
+        self.owner_in_xattr(dir, name, &set).map(drop)
     }
 
     /// `set` with its owner as stored in the layers. Under a squash option an owner that
@@ -231,17 +250,24 @@ impl Overlay {
             self.getxattr(ino, name)?;
         }
         self.copy_up(&node)?;
-        if node.kind == FileKind::Directory {
-            let dir = self.dir_of(&node)?;
-            return match set {
-                Some((value, flags)) => dir.xattr_set(name, value, flags),
-                None => dir.xattr_remove(name),
-            };
+        let (dir, child) = if node.kind == FileKind::Directory {
+            (self.dir_of(&node)?, None)
+        } else {
+            let (dir, child) = self.locate(&node)?;
+            (dir, Some(child))
+        };
+        let child = child.as_deref();
+        match (set, child) {
+            (Some((value, flags)), Some(c)) => dir.child_xattr_set(c, name, value, flags)?,
+            (Some((value, flags)), None) => dir.xattr_set(name, value, flags)?,
+            (None, Some(c)) => return dir.child_xattr_remove(c, name),
+            (None, None) => return dir.xattr_remove(name),
         }
-        let (dir, child) = self.locate(&node)?;
         match set {
-            Some((value, flags)) => dir.child_xattr_set(&child, name, value, flags),
-            None => dir.child_xattr_remove(&child, name),
+            Some((value, _)) if self.view.owner_xattr.is_some() && name == acl::ACCESS => {
+                self.mode_after_acl(&dir, child, value)
+            }
+            _ => Ok(()),
         }
     }
 }
