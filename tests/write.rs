@@ -876,3 +876,47 @@ fn seek_data_and_hole_match_the_kernel_on_lower_and_upper_files() {
         data_and_holes(&m.join("etc/hosts"), &[0, 3, 10, 11])
     });
 }
+
+#[test]
+fn copy_file_range_into_a_full_upper_returns_what_it_copied_as_the_kernel_does() {
+    let s = util::Scratch::new();
+    let len = 8 << 20;
+    let mut seen = Vec::new();
+    for (name, ours) in [("o", true), ("k", false)] {
+        // One filesystem for all layers (the kernel overlay refuses a copy between two), with
+        // room for the lower file and half a copy of it.
+        let small = s.mkdir(&format!("{name}-small"));
+        let mut tmpfs = std::process::Command::new("mount");
+        util::must(
+            tmpfs
+                .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+                .arg(&small),
+        );
+        let _small = util::Mounted {
+            path: small.clone(),
+        };
+        let (lower, up, work) = (small.join("l"), small.join("u"), small.join("w"));
+        for d in [&lower, &up, &work] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(lower.join("big"), vec![7u8; len]).unwrap();
+        let m = s.mkdir(name);
+        let _mounted = if ours {
+            util::mount_ours_rw(std::slice::from_ref(&lower), &up, &work, &m, "")
+        } else {
+            util::mount_kernel_rw(std::slice::from_ref(&lower), &up, &work, &m)
+        };
+        let src = fs::File::open(m.join("big")).unwrap();
+        let dst = fs::File::create(m.join("copy")).unwrap();
+        let first = copy_range(&src, 0, &dst, 0, len);
+        let size = dst.metadata().unwrap().len();
+        let next = copy_range(&src, size as i64, &dst, size as i64, len);
+        seen.push((name, first, size, next));
+    }
+    for (name, first, size, next) in seen {
+        let n = first.unwrap_or_else(|e| panic!("{name}: the first copy failed: errno {e}"));
+        assert!(n > 0 && n < len, "{name}: a short copy, not {n} of {len}");
+        assert_eq!(n as u64, size, "{name}: the count is what the file holds");
+        assert_eq!(next, Err(libc::ENOSPC), "{name}: the error comes next");
+    }
+}

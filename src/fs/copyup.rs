@@ -407,10 +407,19 @@ pub(super) fn copy_data(src: &File, dst: &File, size: u64) -> Result<(), Errno> 
             Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => size,
             Err(e) => return Err(e),
         };
-        copy_range(src, start, dst, start, end - start)?;
+        copy_range(src, start, dst, start, end - start).map_err(|stop| stop.errno)?;
         pos = end.max(start + 1);
     }
     dst.set_len(size).map_err(io_errno)
+}
+
+/// A copy that failed: the error, and how many bytes were copied before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct CopyStopped {
+    /// Bytes copied before the error.
+    pub done: u64,
+    /// The error.
+    pub errno: Errno,
 }
 
 /// Copies up to `len` bytes from `src` at `from` to `dst` at `to`, in the kernel where the
@@ -422,10 +431,11 @@ pub(super) fn copy_range(
     dst: &File,
     mut to: u64,
     len: u64,
-) -> Result<u64, Errno> {
+) -> Result<u64, CopyStopped> {
     let mut kernel_copy = true;
     let mut buf = Vec::new();
     let mut done = 0;
+    let stop = |done, errno| CopyStopped { done, errno };
     while done < len {
         let want = ((len - done) as usize).min(CHUNK);
         let n = if kernel_copy {
@@ -435,12 +445,22 @@ pub(super) fn copy_range(
                     kernel_copy = false;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(stop(done, e)),
             }
         } else {
             buf.resize(want, 0);
-            let n = src.read_at(&mut buf, from).map_err(io_errno)?;
-            dst.write_all_at(&buf[..n], to).map_err(io_errno)?;
+            let n = src
+                .read_at(&mut buf, from)
+                .map_err(|e| stop(done, io_errno(e)))?;
+            let mut written = 0;
+            while written < n {
+                match dst.write_at(&buf[written..n], to + written as u64) {
+                    Ok(0) => return Err(stop(done + written as u64, Errno::EIO)),
+                    Ok(m) => written += m,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(stop(done + written as u64, io_errno(e))),
+                }
+            }
             n
         };
         if n == 0 {

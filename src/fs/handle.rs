@@ -163,7 +163,8 @@ impl Overlay {
 
     /// Copies up to `len` bytes from open file `fh_in` at `off_in` to open file `fh_out` at
     /// `off_out` (copy_file_range(2), done here so the data never passes through the caller);
-    /// returns the bytes copied, short only where the source ends.
+    /// returns the bytes copied, short where the source ends or where an error stopped the
+    /// copy after some bytes (the error then comes with the next call, as from the kernel).
     pub fn copy_file_range(
         &self,
         (fh_in, off_in): (u64, u64),
@@ -176,7 +177,11 @@ impl Overlay {
         let dst = self.handle(fh_out)?.writable().ok_or(Errno::EBADF)?;
         off_in.checked_add(len).ok_or(Errno::EINVAL)?;
         off_out.checked_add(len).ok_or(Errno::EFBIG)?;
-        super::copyup::copy_range(&src, off_in, &dst, off_out, len)
+        match super::copyup::copy_range(&src, off_in, &dst, off_out, len) {
+            Ok(n) => Ok(n),
+            Err(stop) if stop.done > 0 => Ok(stop.done),
+            Err(stop) => Err(stop.errno),
+        }
     }
 
     /// Where the next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) at or after `offset` starts
