@@ -102,36 +102,49 @@ impl Overlay {
         if set.uid.is_none() && set.gid.is_none() && set.mode.is_none() {
             return Ok(true);
         }
+        self.change_owner_xattr(dir, name, attr, |current| Owner {
+            uid: set.uid.unwrap_or(current.uid),
+            gid: set.gid.unwrap_or(current.gid),
+            perm: set.mode.map_or(current.perm, |m| m & 0o7777),
+        })?;
+        Ok(true)
+    }
+
+    /// Rewrites owner xattr `attr` of upper object `name` in `dir` (or of `dir`) to what
+    /// `change` makes of the owner and mode shown now (the inode's where it has no xattr).
+    fn change_owner_xattr(
+        &self,
+        dir: &Dir,
+        name: Option<&OsStr>,
+        attr: &str,
+        change: impl FnOnce(Owner) -> Owner,
+    ) -> Result<(), Errno> {
         let real = match name {
             Some(n) => dir.stat_child(n)?,
             None => dir.stat()?,
         };
-        let current = self.owner_xattr(dir, name).unwrap_or(Owner::of(&real));
+        let new = change(self.owner_xattr(dir, name).unwrap_or(Owner::of(&real)));
         let mut st = real;
-        st.uid = set.uid.unwrap_or(current.uid);
-        st.gid = set.gid.unwrap_or(current.gid);
-        st.mode = (real.mode & libc::S_IFMT) | set.mode.map_or(current.perm, |m| m & 0o7777);
+        st.uid = new.uid;
+        st.gid = new.gid;
+        st.mode = (real.mode & libc::S_IFMT) | new.perm;
         // The inode's chmod to the mode kept on disk sets an ACL's mask and others' entries
         // from the shown mode too (its owner entry keeps the daemon's access).
-        copyup::set_owner_xattr(dir, name, &st, attr)?;
-        Ok(true)
+        copyup::set_owner_xattr(dir, name, &st, attr)
     }
 
     /// With owner xattrs, the shown mode of upper object `name` in `dir` (or of `dir`) after
     /// its access ACL was set to `value`: the filesystem changed only the inode's mode, so
     /// the owner xattr takes the ACL's permission bits, as an inode's mode would.
     fn mode_after_acl(&self, dir: &Dir, name: Option<&OsStr>, value: &[u8]) -> Result<(), Errno> {
-        let real = match name {
-            Some(n) => dir.stat_child(n)?,
-            None => dir.stat()?,
+        let Some(attr) = self.upper.as_ref().and_then(|up| up.owner_xattr) else {
+            return Ok(());
         };
-        let current = self.owner_xattr(dir, name).unwrap_or(Owner::of(&real));
         let bits = acl::Acl::parse(value)?.perm_bits();
-        let set = SetAttr {
-            mode: Some((current.perm & !0o777) | bits),
-            ..SetAttr::default()
-        };
-        self.owner_in_xattr(dir, name, &set).map(drop)
+        self.change_owner_xattr(dir, name, attr, |current| Owner {
+            perm: (current.perm & !0o777) | bits,
+            ..current
+        })
     }
 
     /// `set` with its owner as stored in the layers. Under a squash option an owner that
@@ -264,9 +277,7 @@ impl Overlay {
             (None, None) => return dir.xattr_remove(name),
         }
         match set {
-            Some((value, _)) if self.view.owner_xattr.is_some() && name == acl::ACCESS => {
-                self.mode_after_acl(&dir, child, value)
-            }
+            Some((value, _)) if name == acl::ACCESS => self.mode_after_acl(&dir, child, value),
             _ => Ok(()),
         }
     }
