@@ -202,3 +202,81 @@ fn with_modes_in_owner_xattrs_a_chmod_and_an_acl_still_agree_as_on_the_kernel_ov
         });
     }
 }
+
+/// Sets (`Some`) or removes (`None`) the access ACL of `path` as `uid`, with no other
+/// groups; whether that worked.
+fn change_acl_as(uid: u32, path: &Path, value: Option<&[u8]>) -> bool {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        "setfattr".into(),
+    ]);
+    match value {
+        Some(v) => {
+            let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            cmd.args(["-n", ACCESS, "-v", &format!("0x{hex}")])
+        }
+        None => cmd.args(["-x", ACCESS]),
+    };
+    cmd.arg(path).status().unwrap().success()
+}
+
+#[test]
+fn an_acl_change_by_an_owner_outside_the_group_clears_setgid_as_on_the_kernel_overlay() {
+    // Each object is owned by the named user. Files get their setgid mode after the chown,
+    // which would clear it.
+    let sgid_file = |layer: Layer, name: &str, gid: u32, mode: u32| {
+        layer
+            .file_mode(name, b"", 0o644)
+            .owner(name, NAMED, gid)
+            .file_mode(name, b"x\n", mode)
+    };
+    let mut layer = Layer::default();
+    for (name, gid) in [("outside", 0), ("member", NAMED), ("by-root", 0)] {
+        layer = sgid_file(layer, name, gid, 0o2775);
+    }
+    let full = acl(&[
+        (USER_OBJ, 7, NONE),
+        (USER, 4, OTHER_USER),
+        (GROUP_OBJ, 7, NONE),
+        (MASK, 7, NONE),
+        (OTHER, 0, NONE),
+    ]);
+    let layer = sgid_file(layer, "removed", 0, 0o2770)
+        .xattr_bytes("removed", ACCESS, &full)
+        .dir_mode("dir", 0o2775)
+        .owner("dir", NAMED, 0);
+    let pair = Pair::writable(&[layer], "");
+    let grant = acl(&[
+        (USER_OBJ, 6, NONE),
+        (USER, 4, OTHER_USER),
+        (GROUP_OBJ, 0, NONE),
+        (MASK, 4, NONE),
+        (OTHER, 0, NONE),
+    ]);
+    for m in [pair.o(""), pair.k("")] {
+        for rel in ["outside", "member", "dir"] {
+            assert!(change_acl_as(NAMED, &m.join(rel), Some(&grant)), "{rel}");
+        }
+        assert!(change_acl_as(NAMED, &m.join("removed"), None));
+        set_xattr(&m.join("by-root"), ACCESS, &grant);
+    }
+    let mode = |m: &Path| fs::symlink_metadata(m).unwrap().permissions().mode() & 0o7777;
+    for rel in ["outside", "member", "dir", "removed", "by-root"] {
+        assert_eq!(
+            mode(&pair.o(rel)),
+            mode(&pair.k(rel)),
+            "{rel}: mode on ours (left) and on the kernel overlay (right)"
+        );
+    }
+    // The owner outside the group loses setgid, also on a directory and when removing the
+    // ACL; a member and root keep it.
+    for rel in ["outside", "dir", "removed"] {
+        assert_eq!(mode(&pair.o(rel)) & 0o2000, 0, "{rel}");
+    }
+    assert_eq!(mode(&pair.o("member")) & 0o2000, 0o2000);
+    assert_eq!(mode(&pair.o("by-root")) & 0o2000, 0o2000);
+    pair.assert_same_tree();
+}

@@ -227,16 +227,57 @@ impl Overlay {
     }
 
     /// Sets xattr `name` of `ino` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`). The overlay's
-    /// own xattrs cannot be set (`EOPNOTSUPP`, as on the kernel overlay).
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    /// own xattrs cannot be set (`EOPNOTSUPP`, as on the kernel overlay). For an access ACL,
+    /// `keeps_setgid` is asked as [`Overlay::drop_setgid_unless`] says.
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        keeps_setgid: impl FnOnce(u32, u32) -> bool,
+    ) -> Result<(), Errno> {
         self.xattrs_served()?;
+        if name == acl::ACCESS {
+            self.drop_setgid_unless(ino, keeps_setgid)?;
+        }
         self.change_xattr(ino, name, Some((value, flags)))
     }
 
-    /// Removes xattr `name` of `ino`.
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), Errno> {
+    /// Removes xattr `name` of `ino`; `keeps_setgid` as for [`Overlay::setxattr`].
+    pub fn removexattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        keeps_setgid: impl FnOnce(u32, u32) -> bool,
+    ) -> Result<(), Errno> {
         self.xattrs_served()?;
+        if name == acl::ACCESS {
+            self.drop_setgid_unless(ino, keeps_setgid)?;
+        }
         self.change_xattr(ino, name, None)
+    }
+
+    /// Before a change of the access ACL of `ino`: clears its setgid bit unless
+    /// `keeps_setgid(uid, gid)` says the caller is in its group or holds `CAP_FSETID` over
+    /// it, as the kernel overlay does. The kernel leaves this to a FUSE daemon (its flag for
+    /// it needs `FUSE_SETXATTR_EXT`), and the layer's own ACL update would not do it, since
+    /// the daemon holds `CAP_FSETID`.
+    fn drop_setgid_unless(
+        &self,
+        ino: u64,
+        keeps_setgid: impl FnOnce(u32, u32) -> bool,
+    ) -> Result<(), Errno> {
+        let attr = self.getattr(ino, None)?;
+        let perm = u32::from(attr.perm);
+        if perm & libc::S_ISGID == 0 || keeps_setgid(attr.uid, attr.gid) {
+            return Ok(());
+        }
+        let set = SetAttr {
+            mode: Some(perm & !libc::S_ISGID),
+            ..SetAttr::default()
+        };
+        self.setattr(ino, None, &set).map(drop)
     }
 
     fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<(), Errno> {

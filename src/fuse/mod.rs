@@ -19,7 +19,7 @@ use fuser::{
 use self::passthrough::{OpenIo, Passthrough};
 use crate::config::PassthroughMode;
 use crate::fs::{Attr, Caller, NewObject, Overlay, SetAttr};
-use crate::sys::{Errno, FileKind, SetTime};
+use crate::sys::{caller, Errno, FileKind, SetTime};
 
 /// The `fuser::Filesystem` for an [`Overlay`].
 #[derive(Debug)]
@@ -114,6 +114,12 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
     }
+}
+
+/// Whether the caller of `req` is in group `gid` or holds `CAP_FSETID` over an object of
+/// `uid`:`gid`, for the core's setgid rule on ACL changes.
+fn keeps_setgid(req: &Request) -> impl FnOnce(u32, u32) -> bool + '_ {
+    |uid, gid| caller::in_group_or_capable(req.pid(), req.gid(), uid, gid)
 }
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -579,7 +585,7 @@ impl Filesystem for OverlayFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -587,7 +593,8 @@ impl Filesystem for OverlayFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.core.setxattr(ino.0, name, value, flags), reply);
+        let keeps = keeps_setgid(req);
+        reply_empty(self.core.setxattr(ino.0, name, value, flags, keeps), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -598,8 +605,8 @@ impl Filesystem for OverlayFs {
         reply_xattr(self.core.listxattr(ino.0), size, reply);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.removexattr(ino.0, name), reply);
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.core.removexattr(ino.0, name, keeps_setgid(req)), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -6,6 +6,7 @@
 //! Each function returns `Result<_, Errno>`; each `unsafe` block states its invariant in a
 //! `// SAFETY:` line.
 
+pub mod caller;
 pub mod container;
 mod dir;
 mod dirent;
