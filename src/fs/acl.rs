@@ -145,17 +145,23 @@ impl Acl {
 }
 
 /// The value of ACL xattr `value` as shown under `ids`: named users and groups stored as
-/// one id are shown as another. Anything that does not parse is passed on as it is.
-pub fn shown_value(ids: &IdMap, value: Vec<u8>) -> Vec<u8> {
-    if ids.is_identity() {
+/// one id are shown as another. With `owner_perm` (the shown mode of an object whose mode
+/// lives in an owner xattr) the owner's entry takes its owner bits, where the stored ACL
+/// has the daemon's. Anything that does not parse is passed on as it is.
+pub fn shown_value(ids: &IdMap, value: Vec<u8>, owner_perm: Option<u32>) -> Vec<u8> {
+    if ids.is_identity() && owner_perm.is_none() {
         return value;
     }
-    match Acl::parse(&value) {
-        Ok(acl) => acl
-            .map_ids(|u| Ok(ids.uids.shown(u)), |g| Ok(ids.gids.shown(g)))
-            .map_or(value, |acl| acl.to_bytes()),
-        Err(_) => value,
+    let Ok(mut acl) = Acl::parse(&value) else {
+        return value;
+    };
+    if let Some(perm) = owner_perm {
+        for e in acl.entries.iter_mut().filter(|e| e.tag == USER_OBJ) {
+            e.perm = ((perm >> 6) & 0o7) as u16;
+        }
     }
+    acl.map_ids(|u| Ok(ids.uids.shown(u)), |g| Ok(ids.gids.shown(g)))
+        .map_or(value, |acl| acl.to_bytes())
 }
 
 /// The value of ACL xattr `value` given to the mount, as stored under `ids`: `EINVAL` if it
@@ -273,7 +279,7 @@ mod tests {
             (MASK, 5, NONE),
             (OTHER, 0, NONE),
         ]);
-        assert_eq!(shown_value(&ids, stored.to_bytes()), shown.to_bytes());
+        assert_eq!(shown_value(&ids, stored.to_bytes(), None), shown.to_bytes());
         assert_eq!(stored_value(&ids, &shown.to_bytes()), Ok(stored.to_bytes()));
         let outside = acl(&[(USER_OBJ, 7, NONE), (USER, 5, 7), (GROUP_OBJ, 5, NONE)]);
         assert_eq!(
@@ -281,8 +287,24 @@ mod tests {
             Err(Errno::EOVERFLOW)
         );
         assert_eq!(stored_value(&ids, b"junk"), Err(Errno::EINVAL));
-        assert_eq!(shown_value(&ids, b"junk".to_vec()), b"junk");
+        assert_eq!(shown_value(&ids, b"junk".to_vec(), None), b"junk");
         let same = IdMap::default();
-        assert_eq!(shown_value(&same, stored.to_bytes()), stored.to_bytes());
+        assert_eq!(
+            shown_value(&same, stored.to_bytes(), None),
+            stored.to_bytes()
+        );
+        // A mode kept in an owner xattr gives the owner's entry its bits.
+        let read_only_owner = acl(&[
+            (USER_OBJ, 4, NONE),
+            (USER, 5, 1000),
+            (GROUP_OBJ, 5, NONE),
+            (GROUP, 5, 10),
+            (MASK, 5, NONE),
+            (OTHER, 0, NONE),
+        ]);
+        assert_eq!(
+            shown_value(&same, stored.to_bytes(), Some(0o450)),
+            read_only_owner.to_bytes()
+        );
     }
 }

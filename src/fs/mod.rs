@@ -677,14 +677,25 @@ impl Overlay {
             return Err(Errno::ENODATA);
         }
         let node = self.nodes.get(ino)?;
-        let value = if node.kind == FileKind::Directory {
-            self.dir_of(&node)?.xattr_get(name)?
+        // With owner xattrs, the owner's bits of an access ACL follow the shown mode.
+        let owner_perm = |dir: &Dir, child: Option<&OsStr>| {
+            (name == acl::ACCESS)
+                .then(|| self.owner_xattr(dir, child))
+                .flatten()
+                .map(|owner| owner.perm)
+        };
+        let (value, owner_perm) = if node.kind == FileKind::Directory {
+            let dir = self.dir_of(&node)?;
+            (dir.xattr_get(name)?, owner_perm(&dir, None))
         } else {
             let (dir, child) = self.locate(&node)?;
-            dir.child_xattr_get(&child, name)?
+            (
+                dir.child_xattr_get(&child, name)?,
+                owner_perm(&dir, Some(&child)),
+            )
         };
         if acl::is_acl_xattr(name.as_bytes()) {
-            return Ok(acl::shown_value(&self.view.ids, value));
+            return Ok(acl::shown_value(&self.view.ids, value, owner_perm));
         }
         Ok(value)
     }
