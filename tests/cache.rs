@@ -168,10 +168,22 @@ fn the_daemon_holds_about_max_inodes_nodes_however_many_files_are_walked() {
         "{} pruning rounds for 4,000 lookups over a limit of {LIMIT}: {log}",
         held.len()
     );
-    let most = held.iter().max().unwrap();
+    // What a round finds depends on how soon the pruning thread and the forgets it causes
+    // get a CPU: under load a few rounds find 2-3 times the limit (seen with the suite's
+    // other tests running). The typical round finds the limit; without pruning the table
+    // would only grow, to the whole tree.
+    let mut sorted = held.clone();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
     assert!(
-        *most <= 2 * LIMIT,
-        "the daemon held {most} nodes with max_inodes={LIMIT}: the kernel did not drop them"
+        median <= LIMIT + LIMIT / 4,
+        "the typical pruning round found {median} nodes with max_inodes={LIMIT}: \
+         the kernel did not drop them ({held:?})"
+    );
+    let most = sorted[sorted.len() - 1];
+    assert!(
+        most < 40 * 51,
+        "the daemon held {most} nodes, as many as the tree has: nothing was dropped"
     );
 }
 
