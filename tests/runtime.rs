@@ -513,11 +513,15 @@ fn exit_codes_and_signals() {
     }
 
     // SIGTERM to the shim reaches the command, whose trap decides the status.
+    // The loop's `sleep` shows the trap is set (a fixed wait was too short under load).
     let child = img.spawn(
         &[],
-        "trap 'echo got TERM; exit 42' TERM; while true; do sleep 0.1; done",
+        "trap 'echo got TERM; exit 42' TERM; while true; do sleep 0.1234; done",
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(util::wait_for(Duration::from_secs(5), || find_process(&[
+        "sleep", "0.1234"
+    ])
+    .is_some()));
     signal(child.id() as i32, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     assert_eq!((code(&out), stdout(&out).as_str()), (42, "got TERM\n"));
