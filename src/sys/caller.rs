@@ -17,21 +17,28 @@ pub fn in_group_or_capable(pid: u32, fsgid: u32, uid: u32, gid: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let in_groups = field("Groups:").is_some_and(|groups| {
+    let in_groups = status_field(&status, "Groups:").is_some_and(|groups| {
         groups
             .split_whitespace()
             .any(|g| g.parse::<u32>() == Ok(gid))
     });
-    let fsetid = field("CapEff:")
+    in_groups || (has_effective_cap(&status, CAP_FSETID) && ids_mapped_for(pid, uid, gid))
+}
+
+/// True when `status` (the text of a `/proc/<pid>/status`) lists capability `cap` as
+/// effective.
+pub fn has_effective_cap(status: &str, cap: u32) -> bool {
+    status_field(status, "CapEff:")
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
-    in_groups || (fsetid && ids_mapped_for(pid, uid, gid))
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+/// The value of field `name` (with its colon) of a `/proc/<pid>/status` text.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
 }
 
 /// True when the user namespace of `pid` is this process's own or maps both `uid` and `gid`:

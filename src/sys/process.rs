@@ -136,12 +136,7 @@ pub fn admin_in_initial_namespace() -> bool {
         let fields: Vec<&str> = map.split_whitespace().collect();
         fields == ["0", "0", "4294967295"]
     });
-    let admin = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
-    });
+    let admin = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| super::caller::has_effective_cap(&status, CAP_SYS_ADMIN));
     initial && admin
 }
