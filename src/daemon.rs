@@ -15,11 +15,12 @@ use fuser::MountOption;
 
 use crate::config::{MountConfig, MountFlag, PassthroughMode};
 use crate::error::Error;
+use crate::fs::upper::OpenError;
 use crate::fs::{Layer, Overlay, Upper};
 use crate::fuse::session::{self, MountSpec};
 use crate::fuse::OverlayFs;
 use crate::sys::{process, Errno};
-use crate::{logger, preflight};
+use crate::{claim, logger, preflight};
 
 const READY: &str = "ready";
 
@@ -57,13 +58,35 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
             "this kernel lacks openat2(2): Linux 5.6 or newer is needed",
         ));
     }
+    // Held for the daemon's life (the forked daemon shares the locked descriptors).
+    let _claim = match &checked.upper {
+        Some((upper, work)) => Some(claim::take(
+            (&upper.real, &upper.given),
+            (&work.real, &work.given),
+            &checked.mountpoint.real,
+        )?),
+        None => None,
+    };
     let upper = match &checked.upper {
         Some((_, work)) => {
             // Modes of new objects come from the kernel with the caller's umask applied.
             process::clear_umask();
-            let up = Upper::open(&work.real, cfg.markers, cfg.fsync)
-                .map_err(|e| Error::invalid(format!("workdir '{}': {e}", work.given.display())))?;
-            log::info!("writing markers in {:?} format", up.format);
+            let up = Upper::open(&work.real, cfg.markers, cfg.fsync).map_err(|e| match e {
+                OpenError::WorkDir(e) => {
+                    Error::invalid(format!("workdir '{}': {e}", work.given.display()))
+                }
+                OpenError::Format(e) => Error::invalid(format!("-o {e}")),
+            })?;
+            log::info!("upper filesystem: {}", up.features.describe());
+            log::info!(
+                "writing markers in the {} format{}",
+                up.format.option_value(),
+                if cfg.markers.is_none() {
+                    " (the most native it holds)"
+                } else {
+                    ""
+                }
+            );
             Some(up)
         }
         None => None,

@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -241,7 +241,7 @@ pub(super) fn copy_object(
             let dst = dst_dir.create_file(dst_name, libc::O_WRONLY, 0o600)?;
             if !truncate {
                 let src = src_dir.open_file(name, libc::O_RDONLY)?;
-                copy_data(&src, &dst, st.size)?;
+                copy_data(&src, &dst, st.size, up.features.reflink)?;
             }
             data = Some(dst);
         }
@@ -385,11 +385,12 @@ pub(super) fn copy_xattrs(
     Ok(())
 }
 
-/// Copies `size` bytes of `src` into the empty `dst`: a reflink where the filesystem can,
-/// else each data extent by copy_file_range (read/write where that is refused), leaving
-/// holes as holes.
-pub(super) fn copy_data(src: &File, dst: &File, size: u64) -> Result<(), Errno> {
-    if size == 0 || file::clone_file(dst, src).is_ok() {
+/// Copies `size` bytes of `src` into the empty `dst`: a reflink where the filesystem can
+/// (`reflink`: the upper filesystem was found to clone; the lower may still be another
+/// one), else each data extent by copy_file_range (read/write where that is refused),
+/// leaving holes as holes.
+pub(super) fn copy_data(src: &File, dst: &File, size: u64, reflink: bool) -> Result<(), Errno> {
+    if size == 0 || (reflink && file::clone_file(dst, src).is_ok()) {
         return Ok(());
     }
     let mut pos = 0;

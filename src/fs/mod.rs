@@ -18,6 +18,7 @@ mod names;
 mod nameset;
 pub mod node;
 pub mod owner_xattr;
+pub mod probe;
 pub mod readahead;
 mod rename;
 pub mod resolve;

@@ -157,6 +157,15 @@ impl Overlay {
                 }
                 return Ok(());
             }
+            Ok(st) if st.is_dir() && !up.features.rename_exchange => {
+                // No swap here, so AUFS markers (device whiteouts need RENAME_EXCHANGE): a
+                // whiteout of the new name hides any lower one while the emptied directory
+                // leaves for the work dir; it goes last, below.
+                up.write_aufs_whiteout(d_up, newname)?;
+                let tmp = up.temp_name();
+                d_up.rename(newname, &up.work, &tmp, rename_flags::NOREPLACE)?;
+                super::upper::remove_tree(&up.work, &tmp)?;
+            }
             Ok(st) if st.is_dir() => {
                 // An upper directory holding only markers: first swap it for an empty opaque
                 // one (the merged view does not change), so the rename below replaces an
@@ -175,20 +184,13 @@ impl Overlay {
         }
         if !src_whiteout {
             s_up.rename(name, d_up, newname, 0)?;
-        } else if up.format == MarkerFormat::Aufs {
-            up.write_whiteout(s_up, name)?;
+        } else if up.format == MarkerFormat::Aufs || !up.features.rename_whiteout {
+            // An AUFS whiteout written first hides the lower name from the moment the object
+            // leaves, so no crash can resurrect it (also where RENAME_WHITEOUT is missing).
+            up.write_aufs_whiteout(s_up, name)?;
             s_up.rename(name, d_up, newname, 0)?;
         } else {
-            match s_up.rename(name, d_up, newname, rename_flags::WHITEOUT) {
-                Ok(()) => {}
-                Err(Errno::EINVAL | Errno::EPERM) => {
-                    // No RENAME_WHITEOUT here: an AUFS whiteout written first hides the lower
-                    // name from the moment the object leaves, so no crash can resurrect it.
-                    up.write_aufs_whiteout(s_up, name)?;
-                    s_up.rename(name, d_up, newname, 0)?;
-                }
-                Err(e) => return Err(e),
-            }
+            s_up.rename(name, d_up, newname, rename_flags::WHITEOUT)?;
         }
         // An AUFS whiteout of the new name, if any, goes last.
         up.remove_aufs_whiteout(d_up, newname)

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use super::layer::{self, aufs_whiteout_name};
 use super::marker;
+use super::probe::Features;
 use crate::sys::{Dir, Errno, Stat};
 
 /// Names allowed in a work dir: ours, and the kernel overlay's (so a work dir once used by
@@ -46,19 +47,12 @@ impl MarkerFormat {
         }
     }
 
-    /// The best format this process can write in `work`: the kernel's as root, else device
-    /// whiteouts with user xattrs if unprivileged mknod of 0/0 works, else AUFS files.
-    pub fn detect(work: &Dir, root: bool) -> MarkerFormat {
-        if root {
-            return MarkerFormat::Kernel;
-        }
-        let probe = OsString::from(format!("#probe.{}", std::process::id()));
-        let ok = work.mknod(&probe, libc::S_IFCHR, 0).is_ok();
-        let _ = work.unlink(&probe);
-        if ok {
-            MarkerFormat::UserXattr
-        } else {
-            MarkerFormat::Aufs
+    /// The option value naming this format.
+    pub fn option_value(self) -> &'static str {
+        match self {
+            MarkerFormat::Kernel => "kernel",
+            MarkerFormat::UserXattr => "userxattr",
+            MarkerFormat::Aufs => "aufs",
         }
     }
 
@@ -72,6 +66,15 @@ impl MarkerFormat {
     }
 }
 
+/// Why a work dir cannot serve.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// The work dir itself: foreign content, or it cannot be opened or set up.
+    WorkDir(String),
+    /// The marker format asked for cannot be written on the upper filesystem.
+    Format(String),
+}
+
 /// The upper layer's work area and write settings.
 #[derive(Debug)]
 pub struct Upper {
@@ -81,6 +84,8 @@ pub struct Upper {
     pub index: Dir,
     /// The marker format written.
     pub format: MarkerFormat,
+    /// What the upper filesystem was found to do at mount.
+    pub features: Features,
     /// Whether copied-up data is fsynced before it is renamed into place.
     pub fsync: bool,
     /// The xattr holding owners and modes (`xattr_permissions=`): objects on disk keep the
@@ -103,12 +108,21 @@ pub struct Upper {
 
 impl Upper {
     /// Opens the work dir `workdir`: refuses foreign content, creates `work/` and `index/`,
-    /// and empties `work/` of a crashed run's leftovers. `format` `None` detects one.
+    /// empties `work/` of a crashed run's leftovers, and probes the filesystem. `format`
+    /// `None` takes the most native format the filesystem can hold; one it cannot hold is
+    /// refused.
     pub fn open(
         workdir: &Path,
         format: Option<MarkerFormat>,
         fsync: bool,
-    ) -> Result<Upper, String> {
+    ) -> Result<Upper, OpenError> {
+        Upper::open_work_dir(workdir)
+            .map_err(OpenError::WorkDir)
+            .and_then(|(work, index)| Upper::with_format(work, index, format, fsync))
+    }
+
+    /// Checks `workdir` and returns its `work/` and `index/` dirs, `work/` emptied.
+    fn open_work_dir(workdir: &Path) -> Result<(Dir, Dir), String> {
         let root = Dir::open_root(workdir).map_err(|e| format!("cannot open it: {e}"))?;
         let entries = root.entries().map_err(|e| format!("cannot list it: {e}"))?;
         for e in entries {
@@ -135,29 +149,54 @@ impl Upper {
         let work = sub("work")?;
         let index = sub("index")?;
         remove_contents(&work).map_err(|e| format!("cannot clean its 'work' dir: {e}"))?;
+        Ok((work, index))
+    }
+
+    /// Probes the filesystem of `work` and settles the format (see [`Upper::open`]).
+    fn with_format(
+        work: Dir,
+        index: Dir,
+        format: Option<MarkerFormat>,
+        fsync: bool,
+    ) -> Result<Upper, OpenError> {
+        let next_temp = AtomicU64::new(1);
+        let features = Features::probe(&work, || temp_name(&next_temp));
+        let format = match format {
+            None => features.best_format(),
+            Some(f) => match features.check(f) {
+                Ok(()) => f,
+                Err(why) => {
+                    return Err(OpenError::Format(format!(
+                        "markers={} cannot be written on the upper filesystem: {why}; \
+                         give markers={} or markers=auto",
+                        f.option_value(),
+                        features.best_format().option_value()
+                    )))
+                }
+            },
+        };
         // `trusted.` xattrs need CAP_SYS_ADMIN in the initial user namespace: uid 0 inside a
         // user namespace (rootless podman) gets EPERM for them.
-        let root_user = crate::sys::process::admin_in_initial_namespace();
-        let format = format.unwrap_or_else(|| MarkerFormat::detect(&work, root_user));
+        let root_user = features.trusted_xattr.is_ok();
         Ok(Upper {
             work,
             index,
             format,
+            features,
             fsync,
             owner_xattr: None,
             origin_attr: marker::ORIGIN_XATTRS[usize::from(!root_user)],
             impure_attr: marker::IMPURE_XATTRS[usize::from(!root_user)],
             impure_unrecorded: AtomicBool::new(false),
             unrecorded: DashMap::new(),
-            next_temp: AtomicU64::new(1),
+            next_temp,
             shared_whiteout: Mutex::new(None),
         })
     }
 
     /// A fresh name for an object under construction in `work/`.
     pub fn temp_name(&self) -> OsString {
-        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#{:x}.{n}", std::process::id()))
+        temp_name(&self.next_temp)
     }
 
     /// Writes a whiteout for `name` in `dir` (which holds nothing by that name).
@@ -300,6 +339,12 @@ impl Upper {
     }
 }
 
+/// The next name from `counter` for an object under construction in `work/`.
+fn temp_name(counter: &AtomicU64) -> OsString {
+    let n = counter.fetch_add(1, Ordering::Relaxed);
+    OsString::from(format!("#{:x}.{n}", std::process::id()))
+}
+
 /// The index entry name of a lower hard-link group.
 pub fn index_key(st: &Stat) -> OsString {
     OsString::from_vec(format!("{:x}-{:x}", st.dev, st.ino).into_bytes())
@@ -361,7 +406,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("precious"), "x").unwrap();
         let e = Upper::open(t.path(), Some(MarkerFormat::Aufs), false).unwrap_err();
-        assert!(e.contains("precious"), "{e}");
+        assert!(
+            matches!(&e, OpenError::WorkDir(m) if m.contains("precious")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Opens an unnamed regular file in this directory (`O_TMPFILE`), for writing.
+    pub fn tmpfile(&self, mode: u32) -> Result<File, Errno> {
+        let fd = openat2(self.as_fd(), c".", libc::O_TMPFILE | libc::O_WRONLY, mode)?;
+        Ok(File::from(fd))
+    }
+
     /// Makes `new_name` in `new_dir` a hard link to `name` here (a symlink is linked as itself).
     pub fn link(&self, name: &OsStr, new_dir: &Dir, new_name: &OsStr) -> Result<(), Errno> {
         let a = component(name)?;

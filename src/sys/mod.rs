@@ -13,6 +13,7 @@ mod dirent;
 mod dirwrite;
 pub mod file;
 pub mod fusedev;
+pub mod lock;
 pub mod process;
 mod stat;
 mod xattr;

@@ -1,0 +1,155 @@
+//! One mount per upper: a live mount holds an exclusive flock on its upper dir and on its work
+//! dir, so a second mount of either is refused before it touches anything (its start-up would
+//! empty the work dir under a copy-up in flight). The locks belong to the daemon's open
+//! descriptors and die with it, so a crash never leaves an upper locked.
+//!
+//! Each locked dir also carries an xattr naming the mount point that holds it, so the refusal
+//! can name the other mount. It is the overlay's own (never shown through the mount) and only
+//! informative: a stale one left by a crash is overwritten by the next mount.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::sys::{file, lock};
+
+/// Xattrs naming the mount point that holds a dir, `trusted.` tried first.
+const HOLDER_XATTRS: [&str; 2] = ["trusted.overlayfuse.mount", "user.overlayfuse.mount"];
+
+/// How long a holder whose mount is already gone is waited for: a daemon finishing its exit.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// The locks of a live mount on its upper and work dirs; released when dropped.
+#[derive(Debug)]
+pub struct Claim {
+    _upper: File,
+    _work: File,
+}
+
+/// Locks `upper` and `work` (given as the user named them: `upper_shown`, `work_shown`) for
+/// the mount on `mountpoint`, or says which mount holds them.
+pub fn take(
+    (upper, upper_shown): (&Path, &Path),
+    (work, work_shown): (&Path, &Path),
+    mountpoint: &Path,
+) -> Result<Claim, Error> {
+    let upper_file = lock_dir("upperdir", upper, upper_shown)?;
+    let work_file = lock_dir("workdir", work, work_shown)?;
+    let holder = mountpoint.as_os_str().as_encoded_bytes();
+    for f in [&upper_file, &work_file] {
+        let recorded = HOLDER_XATTRS
+            .iter()
+            .any(|x| file::xattr_set(f, OsStr::new(x), holder).is_ok());
+        if !recorded {
+            log::debug!("cannot record the mount point on a locked dir");
+        }
+    }
+    Ok(Claim {
+        _upper: upper_file,
+        _work: work_file,
+    })
+}
+
+fn lock_dir(role: &str, path: &Path, shown: &Path) -> Result<File, Error> {
+    let f = File::open(path).map_err(|e| {
+        Error::invalid(format!(
+            "{role} '{}' cannot be opened: {e}",
+            shown.display()
+        ))
+    })?;
+    let start = Instant::now();
+    loop {
+        match lock::try_exclusive(&f) {
+            Ok(true) => return Ok(f),
+            Ok(false) => {}
+            Err(e) => {
+                // A filesystem without locks (NFS mounted nolock): serve, unguarded.
+                log::warn!(
+                    "cannot lock {role} '{}' ({e}): a second mount of it would not be refused",
+                    shown.display()
+                );
+                return Ok(f);
+            }
+        }
+        let holder = holder(&f);
+        let live = holder.as_deref().is_some_and(is_mount_point);
+        if live || start.elapsed() > EXIT_GRACE {
+            let other = match holder {
+                Some(m) => format!("the overlayfuse mount on '{}'", m.display()),
+                None => "another overlayfuse mount".to_string(),
+            };
+            return Err(Error::invalid(format!(
+                "{role} '{}' is in use by {other}: unmount that first, or give another {role}",
+                shown.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The mount point recorded on a locked dir.
+fn holder(f: &File) -> Option<std::path::PathBuf> {
+    HOLDER_XATTRS.iter().find_map(|x| {
+        let v = file::xattr_get(f, OsStr::new(x)).ok()?;
+        Some(std::path::PathBuf::from(std::ffi::OsString::from_vec(v)))
+    })
+}
+
+/// True when `path` is a mount point in this mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_encoded_bytes();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mount_path(m).as_slice() == want)
+}
+
+/// A mountinfo path field with its octal escapes (`\040` for a space) undone.
+fn unescape_mount_path(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mount_path("/a\\040b\\134c"), b"/a b\\c".to_vec());
+        assert_eq!(unescape_mount_path("/plain"), b"/plain".to_vec());
+    }
+
+    #[test]
+    fn a_second_claim_of_a_locked_dir_names_the_holder() {
+        let t = tempfile::tempdir().unwrap();
+        let (u, w) = (t.path().join("u"), t.path().join("w"));
+        std::fs::create_dir(&u).unwrap();
+        std::fs::create_dir(&w).unwrap();
+        // "/" is always a mount point: the holder counts as live, so no grace wait.
+        let first = take((&u, &u), (&w, &w), Path::new("/")).unwrap();
+        let e = take((&u, &u), (&w, &w), Path::new("/m2")).unwrap_err();
+        assert!(e.to_string().contains("upperdir"), "{e}");
+        drop(first);
+        take((&u, &u), (&w, &w), Path::new("/")).unwrap();
+    }
+}

@@ -1,0 +1,19 @@
+//! flock(2): the advisory locks that tie an upper and a work dir to one live mount.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use super::{check, Errno};
+
+/// Takes an exclusive flock on `file` without waiting: `Ok(false)` when another open file
+/// description holds one. The lock lives as long as `file`'s description (forked copies
+/// included) and dies with the last process holding it.
+pub fn try_exclusive(file: &File) -> Result<bool, Errno> {
+    // SAFETY: the fd is live for the duration of the call; flock only reads it.
+    let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    match check(ret.into()) {
+        Ok(_) => Ok(true),
+        Err(Errno::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
