@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::backing::Backing;
 use crate::util::{self, errno, Scratch};
 
 /// Our daemon in the foreground, so the test holds its pid.
@@ -42,7 +43,11 @@ fn kill_daemon(mut child: Child, s: &Scratch) {
 }
 
 fn scratch() -> Scratch {
-    let s = Scratch::new();
+    scratch_on(None)
+}
+
+fn scratch_on(backing: Option<&Backing>) -> Scratch {
+    let s = backing.map_or_else(Scratch::new, Backing::scratch);
     for d in ["lower", "upper", "work", "merged"] {
         s.mkdir(d);
     }
@@ -132,8 +137,8 @@ fn kill_during_a_256_mib_copy_up_leaves_old_or_new() {
 
 /// Files that move between names `a<i>` and `b<i>` (first copied up from the lower layer,
 /// with whiteouts left behind) while the daemon is killed at some moment.
-fn rename_storm(format: &str, seed: u64) {
-    let s = scratch();
+pub fn rename_storm(backing: Option<&Backing>, format: &str, seed: u64) {
+    let s = scratch_on(backing);
     const N: usize = 40;
     for i in 0..N {
         fs::write(s.path(&format!("lower/a{i}")), pattern(4096 + i, i as u8)).unwrap();
@@ -208,6 +213,6 @@ fn kill_during_a_rename_storm_loses_and_duplicates_nothing() {
         .iter()
         .enumerate()
     {
-        rename_storm(format, seed as u64 + 1);
+        rename_storm(None, format, seed as u64 + 1);
     }
 }

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use crate::util::tree::{self, Entry};
 
+use crate::util::backing::{Backing, Fs};
 use crate::util::{must, rootless_user};
 
 /// Build steps of the first stage: each is one `RUN` and, for the reference, one chroot.
@@ -92,6 +93,9 @@ impl Store {
             .arg(self.dir.join("root"))
             .arg("--runroot")
             .arg(self.dir.join("run"))
+            // Its own libpod state (default /run/libpod, shared by every root store).
+            .arg("--tmpdir")
+            .arg(self.dir.join("run/libpod"))
             .args(["--storage-driver", "overlay"]);
         if let Some(p) = &self.program {
             c.arg("--storage-opt")
@@ -401,61 +405,84 @@ fn flow(label: &str, s: &Store, kernel: Option<&Store>, work: &Path) -> Seen {
     Seen { diff, images }
 }
 
-#[test]
-fn podman_mount_program_root_and_rootless() {
-    need_tools();
-    let scratch = tempfile::Builder::new()
-        .prefix("ofs-pm")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let work = scratch.path();
-    fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
-    // A copy every user may run (the build tree may not be reachable by the rootless user).
-    let program = work.join("overlayfuse");
-    fs::copy(crate::util::bin(), &program).unwrap();
-    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+/// What every flow is checked against: the base rootfs and its Containerfile, the same steps
+/// run in host copies, and the flow of podman's kernel overlay driver (root, in /var/tmp).
+struct Setup {
+    scratch: tempfile::TempDir,
+    program: PathBuf,
+    refs: BTreeMap<&'static str, PathBuf>,
+    kernel: Store,
+    k: Seen,
+}
 
-    let base = work.join("base");
-    base_rootfs(&base);
-    must(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&base)
-            .arg("-cf")
-            .arg(work.join("base.tar"))
-            .arg("."),
-    );
-    fs::write(work.join("Containerfile"), containerfile()).unwrap();
-    let refs = reference(work, &base);
-    let uid = rootless_user();
-    for d in ["k", "o", "r"] {
-        let dir = work.join(d);
-        fs::create_dir_all(&dir).unwrap();
-        fs::copy(work.join("Containerfile"), dir.join("Containerfile")).unwrap();
-        fs::copy(work.join("base.tar"), dir.join("base.tar")).unwrap();
+impl Setup {
+    fn new() -> Setup {
+        need_tools();
+        let scratch = tempfile::Builder::new()
+            .prefix("ofs-pm")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let work = scratch.path();
+        fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
+        // A copy every user may run (the build tree may not be reachable by the rootless user).
+        let program = work.join("overlayfuse");
+        fs::copy(crate::util::bin(), &program).unwrap();
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let base = work.join("base");
+        base_rootfs(&base);
+        must(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&base)
+                .arg("-cf")
+                .arg(work.join("base.tar"))
+                .arg("."),
+        );
+        fs::write(work.join("Containerfile"), containerfile()).unwrap();
+        let refs = reference(work, &base);
+        let kernel = Store::new(Setup::store_dir(work, &work.join("k")), None, None);
+        let k = flow("kernel driver, root", &kernel, None, &kernel.dir);
+        println!(
+            "[kernel driver] diff of the changed container: {:?}",
+            k.diff
+        );
+        Setup {
+            scratch,
+            program,
+            refs,
+            kernel,
+            k,
+        }
     }
 
-    let kernel = Store::new(work.join("k"), None, None);
-    let ours = Store::new(work.join("o"), None, Some(program.clone()));
-    let rootless = Store::new(work.join("r"), Some(uid), Some(program.clone()));
-    let k = flow("kernel driver, root", &kernel, None, &work.join("k"));
-    println!(
-        "[kernel driver] diff of the changed container: {:?}",
-        k.diff
-    );
-    let mut failures = Vec::new();
-    for (label, store) in [
-        ("overlayfuse, root", &ours),
-        ("overlayfuse, rootless", &rootless),
-    ] {
-        let o = flow(label, store, Some(&kernel), &store.dir);
+    /// Makes `dir` a store directory with the build context in it.
+    fn store_dir(work: &Path, dir: &Path) -> PathBuf {
+        fs::create_dir_all(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(work.join("Containerfile"), dir.join("Containerfile")).unwrap();
+        fs::copy(work.join("base.tar"), dir.join("base.tar")).unwrap();
+        dir.to_owned()
+    }
+
+    /// A store of ours in `dir`, root (`user` `None`) or rootless.
+    fn ours(&self, dir: &Path, user: Option<u32>) -> Store {
+        let dir = Setup::store_dir(self.scratch.path(), dir);
+        Store::new(dir, user, Some(self.program.clone()))
+    }
+
+    /// Runs the flow on `store` and says how it differs from the host copies, the mount
+    /// program diff and the kernel driver's images.
+    fn check(&self, label: &str, store: &Store) -> Vec<String> {
+        let mut failures = Vec::new();
+        let o = flow(label, store, Some(&self.kernel), &store.dir);
         for (image, name) in [
             ("first:1", "first"),
             ("last:1", "last"),
             ("changed:1", "changed"),
         ] {
             println!("[{label}] {image}: compared with the same steps in a host copy ({name})");
-            let want = comparable(&tree::snapshot(&refs[name]));
+            let want = comparable(&tree::snapshot(&self.refs[name]));
             failures.extend(differences(
                 &format!("[{label}] {image} vs host copy"),
                 &o.images[image],
@@ -467,7 +494,7 @@ fn podman_mount_program_root_and_rootless() {
         if o.diff != MOUNT_PROGRAM_DIFF {
             failures.push(format!("[{label}] podman diff: {:?}", o.diff));
         }
-        for (image, want) in &k.images {
+        for (image, want) in &self.k.images {
             println!("[{label}] {image}: compared with podman's kernel overlay driver");
             failures.extend(differences(
                 &format!("[{label}] {image}"),
@@ -476,11 +503,53 @@ fn podman_mount_program_root_and_rootless() {
                 false,
             ));
         }
+        let _ = store.command().args(["rm", "-a", "-f", "-t", "0"]).output();
+        let _ = store.command().args(["system", "reset", "-f"]).output();
+        failures
     }
+}
 
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    for s in [&rootless, &ours, &kernel] {
-        let _ = s.command().args(["rm", "-a", "-f", "-t", "0"]).output();
-        let _ = s.command().args(["system", "reset", "-f"]).output();
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self
+            .kernel
+            .command()
+            .args(["rm", "-a", "-f", "-t", "0"])
+            .output();
+        let _ = self
+            .kernel
+            .command()
+            .args(["system", "reset", "-f"])
+            .output();
     }
+}
+
+#[test]
+fn podman_mount_program_root_and_rootless() {
+    let setup = Setup::new();
+    let work = setup.scratch.path();
+    let uid = rootless_user();
+    let mut failures = Vec::new();
+    for (label, user) in [
+        ("overlayfuse, root", None),
+        ("overlayfuse, rootless", Some(uid)),
+    ] {
+        let dir = work.join(if user.is_some() { "r" } else { "o" });
+        failures.extend(setup.check(label, &setup.ours(&dir, user)));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same flow with podman's storage on each backing filesystem: ext4, xfs, btrfs, tmpfs
+/// and a kernel overlay mount (podman in a container, its storage on the container's root).
+#[test]
+fn podman_mount_program_on_every_backing_filesystem() {
+    let setup = Setup::new();
+    let mut failures = Vec::new();
+    for fs in Fs::ALL {
+        let backing = Backing::new(fs);
+        let store = setup.ours(&backing.path("storage"), None);
+        failures.extend(setup.check(&format!("overlayfuse, root, {fs:?}"), &store));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

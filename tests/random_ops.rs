@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::util::backing::Backing;
 use crate::util::{self, errno, tree, Layer, Opq, Pair, Wh};
 
 /// xorshift64*: small, seedable, good enough to pick operations.
@@ -275,12 +276,20 @@ fn kernel_move(m: &Path, a: &str, b: &str) -> Result<(), i32> {
     util::succeeds(Command::new("rm").arg("-rf").arg(m.join(a)))
 }
 
-fn run_seed(seed: u64, ops: usize) {
+/// Runs `ops` random operations of `seed`, with our side on `backing` (default: /tmp).
+pub fn run_seed(backing: Option<&Backing>, seed: u64, ops: usize) {
     let mut rng = Rng::new(seed);
     let layers = random_layers(&mut rng);
-    // Each seed writes markers in one of our formats; the kernel always in its own.
-    let format = ["markers=kernel", "markers=aufs", "markers=userxattr"][seed as usize % 3];
-    let mut pair = Pair::writable(&layers, format);
+    // Each seed writes markers in one of our formats (the one the filesystem takes, where it
+    // holds no whiteout devices); the kernel always in its own.
+    let format = match backing {
+        Some(b) if !b.holds_device_whiteouts() => "markers=auto",
+        _ => ["markers=kernel", "markers=aufs", "markers=userxattr"][seed as usize % 3],
+    };
+    let mut pair = match backing {
+        Some(b) => Pair::writable_on(b, &layers, format),
+        None => Pair::writable(&layers, format),
+    };
     let mut log: Vec<String> = Vec::new();
     let (ours_at, kernel_at) = (pair.o(""), pair.k(""));
     let fail = |log: &[String], why: String| -> ! {
@@ -362,10 +371,10 @@ fn env(name: &str) -> Option<u64> {
 #[test]
 fn random_operations_match_the_kernel_overlay() {
     if let Some(seed) = env("OFS_SEED") {
-        run_seed(seed, env("OFS_OPS").unwrap_or(400) as usize);
+        run_seed(None, seed, env("OFS_OPS").unwrap_or(400) as usize);
         return;
     }
     for seed in 1..=12 {
-        run_seed(seed, 400);
+        run_seed(None, seed, 400);
     }
 }

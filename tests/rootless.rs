@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::util::backing::{Backing, Fs};
 use crate::util::{self, tree, Layer, Scratch};
 
 /// Mounts an overlay over `lower` at `merged` inside a new user and mount namespace, runs the
@@ -138,4 +139,68 @@ fn user_namespace_mount_writes_the_kernels_userxattr_markers() {
     assert!(o.entries.contains_key(Path::new("dir/new")));
     assert!(!o.entries.contains_key(Path::new("dir/old")));
     tree::assert_equal(&o, &k);
+}
+
+/// Rootless podman in a pod: uid 0 of a user namespace, the storage on the container's root,
+/// a kernel overlay mount. Whiteout devices and `trusted.` xattrs are both out of reach
+/// there, so the upper gets `.wh.` files; the build must behave as the kernel overlay's does
+/// on a plain filesystem, and the layers read back must show the same tree.
+#[test]
+fn user_namespace_mount_on_a_kernel_overlay_writes_aufs_markers() {
+    let nested = Backing::new(Fs::Overlay);
+    let o = nested.scratch();
+    let k = Scratch::new();
+    for s in [&o, &k] {
+        layer().write(&s.path("l"), util::Form::Portable);
+        for d in ["u", "w", "m"] {
+            s.mkdir(d);
+        }
+    }
+    let run = |s: &Scratch, mount: &str| {
+        build_in_user_namespace(
+            mount,
+            &s.path("l"),
+            &s.path("u"),
+            &s.path("w"),
+            &s.path("m"),
+        )
+    };
+    let ours = run(&o, r#""$BIN" -o "lowerdir=$L,upperdir=$U,workdir=$W" "$M""#);
+    let kernel = run(
+        &k,
+        r#"mount -t overlay overlay -o "lowerdir=$L,upperdir=$U,workdir=$W,userxattr" "$M""#,
+    );
+    assert_eq!(ours, kernel);
+    assert!(
+        ours.contains("rm dir: 0") && ours.contains("rm gone: 0"),
+        "{ours}"
+    );
+
+    let upper = tree::snapshot(&o.path("u"));
+    assert_eq!(upper.entries[Path::new(".wh.gone")].kind, 'f', "{upper:?}");
+    assert!(upper.entries.values().all(|e| e.kind != 'c'));
+    assert!(upper.entries.contains_key(Path::new("dir/.wh..wh..opq")));
+
+    // Our upper over its lower, read back by our daemon, shows what the kernel's shows.
+    let ours_view = o.mkdir("view");
+    let lowers = [o.path("u"), o.path("l")];
+    let guard = util::mount_ours(&lowers, &ours_view);
+    let ov = tree::snapshot(&ours_view);
+    drop(guard);
+    let kernel_view = k.mkdir("view");
+    let data = format!(
+        "lowerdir={}:{},userxattr",
+        k.path("u").display(),
+        k.path("l").display()
+    );
+    let guard = util::kernel_overlay(&data, libc::MS_RDONLY, &kernel_view);
+    let mut kv = tree::snapshot_with(&kernel_view, true);
+    drop(guard);
+    for entry in kv.entries.values_mut() {
+        entry
+            .xattrs
+            .retain(|k, _| !k.starts_with("user.overlayfuse."));
+    }
+    assert!(ov.entries.contains_key(Path::new("dir/new")));
+    tree::assert_equal(&ov, &kv);
 }

@@ -5,6 +5,7 @@
 mod util;
 
 mod acl;
+mod backing;
 mod cache;
 mod cli;
 mod crash;

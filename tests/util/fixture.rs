@@ -148,6 +148,9 @@ pub enum Form {
     Ours,
     /// The kernel overlay: formats it does not read translated to ones it does.
     Kernel,
+    /// Our daemon on a filesystem without whiteout devices (a kernel overlay): device
+    /// whiteouts written as `.wh.` files.
+    Portable,
 }
 
 fn c(path: &Path) -> CString {
@@ -209,6 +212,7 @@ fn write_whiteout(dir: &Path, name: &str, wh: Wh, form: Form) {
     parent(&target);
     let wh = match (wh, form) {
         (Wh::Aufs, Form::Kernel) | (Wh::XattrUser, Form::Kernel) => Wh::Device,
+        (Wh::Device, Form::Portable) => Wh::Aufs,
         (other, _) => other,
     };
     match wh {
@@ -238,9 +242,9 @@ fn write_opaque(dir: &Path, opq: Opq, form: Form) {
     std::fs::create_dir_all(dir).unwrap();
     match (opq, form) {
         (_, Form::Kernel) | (Opq::Trusted, _) => set_xattr(dir, "trusted.overlay.opaque", b"y"),
-        (Opq::User, Form::Ours) => set_xattr(dir, "user.overlay.opaque", b"y"),
-        (Opq::FuseOverlayfs, Form::Ours) => set_xattr(dir, "user.fuseoverlayfs.opaque", b"y"),
-        (Opq::AufsFile, Form::Ours) => std::fs::write(dir.join(".wh..wh..opq"), b"").unwrap(),
+        (Opq::User, _) => set_xattr(dir, "user.overlay.opaque", b"y"),
+        (Opq::FuseOverlayfs, _) => set_xattr(dir, "user.fuseoverlayfs.opaque", b"y"),
+        (Opq::AufsFile, _) => std::fs::write(dir.join(".wh..wh..opq"), b"").unwrap(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod backing;
 pub mod fixture;
 pub mod tree;
 
@@ -31,6 +32,15 @@ impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
             dir: tempfile::Builder::new().prefix("ofs").tempdir().unwrap(),
+        }
+    }
+    /// A scratch directory inside `root` (a backing filesystem).
+    pub fn within(root: &Path) -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("ofs")
+                .tempdir_in(root)
+                .unwrap(),
         }
     }
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -232,12 +242,22 @@ pub fn mount_kernel(lowers: &[PathBuf], mountpoint: &Path, spare: &Path) -> Moun
 
 /// Writes `layers` into the scratch dir twice: `o<i>` in our form, `k<i>` in the kernel's.
 fn write_both(scratch: &Scratch, layers: &[Layer]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    write_both_in(scratch, Form::Ours, scratch, layers)
+}
+
+/// Writes `layers` as `o<i>` in `ours` (in form `form`) and as `k<i>` in `kernel`.
+fn write_both_in(
+    ours_in: &Scratch,
+    form: Form,
+    kernel_in: &Scratch,
+    layers: &[Layer],
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let mut ours = Vec::new();
     let mut kernel = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
-        let o = scratch.path(&format!("o{i}"));
-        let k = scratch.path(&format!("k{i}"));
-        layer.write(&o, Form::Ours);
+        let o = ours_in.path(&format!("o{i}"));
+        let k = kernel_in.path(&format!("k{i}"));
+        layer.write(&o, form);
         layer.write(&k, Form::Kernel);
         ours.push(o);
         kernel.push(k);
@@ -259,6 +279,8 @@ pub struct Pair {
     pub scratch: Scratch,
     pub ours: Mounted,
     pub kernel: Mounted,
+    /// Where the kernel's side lives when the scratch's filesystem cannot hold it.
+    pub kernel_scratch: Option<Scratch>,
 }
 
 impl Pair {
@@ -279,6 +301,7 @@ impl Pair {
             scratch,
             ours,
             kernel,
+            kernel_scratch: None,
         }
     }
 
@@ -298,6 +321,39 @@ impl Pair {
             scratch,
             ours,
             kernel,
+            kernel_scratch: None,
+        }
+    }
+
+    /// As [`Pair::writable`], with our layers, upper and work dir on `backing`; the kernel's
+    /// side is there too where the kernel overlay can keep an upper on it, else in /tmp.
+    /// Where `backing` holds no whiteout devices, lower whiteouts are written as `.wh.` files
+    /// (as containers-storage writes layers there).
+    pub fn writable_on(backing: &backing::Backing, lowers: &[Layer], extra: &str) -> Pair {
+        let scratch = backing.scratch();
+        let kernel_scratch = (!backing.holds_kernel_upper()).then(Scratch::new);
+        let kside = kernel_scratch.as_ref().unwrap_or(&scratch);
+        let form = if backing.holds_device_whiteouts() {
+            Form::Ours
+        } else {
+            Form::Portable
+        };
+        let (ours, kernel) = write_both_in(&scratch, form, kside, lowers);
+        for d in ["ou", "ow"] {
+            scratch.mkdir(d);
+        }
+        for d in ["ku", "kw"] {
+            kside.mkdir(d);
+        }
+        let om = scratch.mkdir("ours");
+        let km = kside.mkdir("kern");
+        let ours = mount_ours_rw(&ours, &scratch.path("ou"), &scratch.path("ow"), &om, extra);
+        let kernel = mount_kernel_rw(&kernel, &kside.path("ku"), &kside.path("kw"), &km);
+        Pair {
+            scratch,
+            ours,
+            kernel,
+            kernel_scratch,
         }
     }
 
