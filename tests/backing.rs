@@ -69,7 +69,7 @@ type Step = dyn Fn(&Path) -> Result<(), i32>;
 /// The write scenarios of a container build, each compared with the kernel overlay, then
 /// again after our mount is remounted.
 fn write_scenarios(b: &Backing) {
-    let mut pair = Pair::writable_on(b, &lowers(), "");
+    let mut pair = Pair::writable_on(Some(b), &lowers(), "", "");
     let steps: [(&str, &Step); 16] = [
         ("unlink a lower file", &|m| {
             fs::remove_file(m.join("etc/other")).map_err(errno)

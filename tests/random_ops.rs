@@ -286,10 +286,7 @@ pub fn run_seed(backing: Option<&Backing>, seed: u64, ops: usize) {
         Some(b) if !b.holds_device_whiteouts() => "markers=auto",
         _ => ["markers=kernel", "markers=aufs", "markers=userxattr"][seed as usize % 3],
     };
-    let mut pair = match backing {
-        Some(b) => Pair::writable_on(b, &layers, format),
-        None => Pair::writable(&layers, format),
-    };
+    let mut pair = Pair::writable_on(backing, &layers, format, "");
     let mut log: Vec<String> = Vec::new();
     let (ours_at, kernel_at) = (pair.o(""), pair.k(""));
     let fail = |log: &[String], why: String| -> ! {

@@ -920,3 +920,52 @@ fn copy_file_range_into_a_full_upper_returns_what_it_copied_as_the_kernel_does()
         assert_eq!(next, Err(libc::ENOSPC), "{name}: the error comes next");
     }
 }
+
+/// `st_nlink` of a lower hard-link group as the kernel overlay gives it with `index=on`:
+/// the group's names counted, whichever are copied up, removed, linked or replaced, and
+/// the same after a remount.
+#[test]
+fn hard_link_counts_of_lower_groups_match_the_kernel_with_index() {
+    let lower = Layer::default()
+        .file("hl1", "one\n")
+        .hardlink("hl2", "hl1")
+        .file("g1", "g\n")
+        .hardlink("g2", "g1")
+        .hardlink("g3", "g1")
+        .dir("d");
+    let mut pair = Pair::writable_on(None, &[lower], "", "index=on,redirect_dir=on");
+    let links = |names: &'static [&'static str]| {
+        move |m: &Path| -> Result<Vec<u64>, i32> {
+            names
+                .iter()
+                .map(|n| {
+                    fs::symlink_metadata(m.join(n))
+                        .map(|md| md.nlink())
+                        .map_err(errno)
+                })
+                .collect()
+        }
+    };
+    let sh = |script: &'static str| {
+        move |m: &Path| {
+            util::succeeds(
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .current_dir(m),
+            )
+        }
+    };
+    pair.both("chmod one name", sh("chmod 640 hl2"));
+    pair.both("links after chmod", links(&["hl1", "hl2"]));
+    pair.both("unlink the other", sh("rm hl1"));
+    pair.both("links after unlink", links(&["hl2"]));
+    pair.both("link it again", sh("ln hl2 d/a"));
+    pair.both("links after link", links(&["hl2", "d/a"]));
+    pair.both("unlink a lower name first", sh("rm g1 && mv g2 g9"));
+    pair.both("links after mv", links(&["g9", "g3"]));
+    pair.both("replace a lower name", sh("echo z > g4 && mv g4 g3"));
+    pair.both("links after replace", links(&["g9"]));
+    pair.remount_ours(1, "");
+    pair.both("after remount", links(&["hl2", "d/a", "g9"]));
+}

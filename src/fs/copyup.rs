@@ -127,7 +127,14 @@ impl Overlay {
                 let _dir = self.dir_locks.lock(parent.id);
                 let times = updir.stat()?;
                 self.mark_impure(up, &parent, &updir);
-                up.index.link(&key, &updir, &name)?;
+                match up.index.link(&key, &updir, &name) {
+                    // The alias was counted already: its new upper link is not a new name.
+                    Ok(()) => up.add_nlink_diff(&key, -1),
+                    // This name was linked up before, while the node stood for another
+                    // name of its group (a lookup of a lower alias): nothing to do.
+                    Err(Errno::EEXIST) if same_inode(&updir, &name, &up.index, &key) => {}
+                    Err(e) => return Err(e),
+                }
                 restore_times(&updir, &times);
             }
             node.set_index(Some(key));
@@ -162,6 +169,9 @@ impl Overlay {
         }
         let tmp = up.temp_name();
         let built = copy_object(up, src_dir, name, st, &up.work, &tmp, truncate, true);
+        // The group has the lower's names; the entry, once `tmp` is gone, one link.
+        let diff = i64::try_from(st.nlink).unwrap_or(i64::MAX) - 1;
+        let built = built.map(|()| up.set_nlink_diff(&up.work, &tmp, diff));
         let linked = built.and_then(|()| match up.work.link(&tmp, &up.index, &key) {
             Ok(()) | Err(Errno::EEXIST) => Ok(()),
             Err(e) => Err(e),
@@ -383,6 +393,14 @@ pub(super) fn copy_xattrs(
         }
     }
     Ok(())
+}
+
+/// True when `a` in `adir` and `b` in `bdir` are one inode.
+fn same_inode(adir: &Dir, a: &OsStr, bdir: &Dir, b: &OsStr) -> bool {
+    match (adir.stat_child(a), bdir.stat_child(b)) {
+        (Ok(x), Ok(y)) => (x.dev, x.ino) == (y.dev, y.ino),
+        _ => false,
+    }
 }
 
 /// Copies `size` bytes of `src` into the empty `dst`: a reflink where the filesystem can

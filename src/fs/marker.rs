@@ -30,6 +30,10 @@ pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overla
 /// Xattrs recording the lower object a copied-up object came from (ours: as root, else).
 pub const ORIGIN_XATTRS: [&str; 2] = ["trusted.overlayfuse.origin", "user.overlayfuse.origin"];
 
+/// Xattrs on a hard-link index entry: the merged link count of its lower hard-link group
+/// minus the entry's own link count (the kernel's `overlay.nlink` `U+N`), decimal.
+pub const NLINK_XATTRS: [&str; 2] = ["trusted.overlayfuse.nlink", "user.overlayfuse.nlink"];
+
 /// Xattrs marking an upper directory that may hold entries with an origin (as the kernel's
 /// `overlay.impure`): a listing reads origins only in such directories.
 pub const IMPURE_XATTRS: [&str; 2] = ["trusted.overlayfuse.impure", "user.overlayfuse.impure"];

@@ -332,10 +332,16 @@ impl Overlay {
         let mut index = None;
         if let Some(up) = &self.upper {
             if r.chain[0].layer == 0 {
-                if self.holds_origins(up, parent)? {
+                let impure = self.holds_origins(up, parent)?;
+                if impure || (st.nlink > 1 && r.kind != FileKind::Directory) {
                     let dir = self.layer_dir(parent, &parent.path(), 0)?;
-                    if let Some(o) = up.origin(&dir, Some(name), (st.dev, st.ino)) {
-                        origin = o;
+                    if impure {
+                        if let Some(o) = up.origin(&dir, Some(name), (st.dev, st.ino)) {
+                            origin = o;
+                        }
+                    }
+                    if r.kind != FileKind::Directory {
+                        st.nlink = up.merged_nlink(&dir, name, &st, false);
                     }
                 }
             } else if r.kind != FileKind::Directory && st.nlink > 1 {
@@ -343,7 +349,7 @@ impl Overlay {
                 match up.index.stat_child(&key) {
                     Ok(ist) => {
                         st = ist;
-                        st.nlink = st.nlink.saturating_sub(1).max(1);
+                        st.nlink = up.merged_nlink(&up.index, &key, &ist, true);
                         index = Some(key);
                     }
                     Err(Errno::ENOENT) => {}
@@ -786,8 +792,8 @@ impl Overlay {
         }
         let (dir, name) = self.locate(node)?;
         let mut st = dir.stat_child(&name)?;
-        if node.index().is_some() {
-            st.nlink = st.nlink.saturating_sub(1).max(1);
+        if let Some(up) = self.upper.as_ref().filter(|_| self.on_upper(node)) {
+            st.nlink = up.merged_nlink(&dir, &name, &st, node.index().is_some());
         }
         Ok(st)
     }

@@ -339,7 +339,16 @@ impl Overlay {
         // a lower hard link counts its index entry: never marked gone too early).
         let last_link = is_dir || resolved.top.nlink <= 1;
         if !in_upper {
+            // A lower hard link's group keeps its count in the index, as the kernel's does
+            // with index=on: the group is indexed first (its data copied there) if need be.
+            let group = match is_dir || resolved.top.nlink <= 1 {
+                true => None,
+                false => Some(self.index_group(&dir, name, &resolved)?),
+            };
             up.write_whiteout(&updir, name)?;
+            if let Some(key) = group {
+                up.add_nlink_diff(&key, -1);
+            }
         } else if is_dir {
             self.remove_upper_dir(&updir, name, whiteout)?;
         } else if whiteout {
@@ -366,6 +375,23 @@ impl Overlay {
             node.mark_unlinked();
         }
         Ok(())
+    }
+
+    /// The index entry of the lower hard-link group of the lower non-directory `name` of
+    /// `dir` (resolved as `r`), made if this is the group's first change.
+    pub(super) fn index_group(
+        &self,
+        dir: &Arc<Node>,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> Result<std::ffi::OsString, Errno> {
+        let up = self.writable()?;
+        let src_dir = self.layer_dir(dir, &dir.path(), r.chain[0].layer)?;
+        let mut st = src_dir.stat_child(name)?;
+        if let Some(owner) = self.owner_xattr(&src_dir, Some(name)) {
+            owner.apply(&mut st);
+        }
+        self.ensure_index(up, &src_dir, name, &st, false)
     }
 
     /// Resolves `name` in `dir` holding the directory's lock and the copy-up lock of its

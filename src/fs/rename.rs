@@ -112,8 +112,22 @@ impl Overlay {
             }
             s_up.rename(name, &d_up, newname, rename_flags::EXCHANGE)?;
         } else {
+            // A lower hard link replaced loses a name of its group (kept in the index).
+            let replaced_group = match &dst {
+                Some(r)
+                    if r.kind != FileKind::Directory
+                        && r.top.nlink > 1
+                        && !self.is_upper_layer(r.chain[0].layer) =>
+                {
+                    Some(self.index_group(&ddir, newname, r)?)
+                }
+                _ => None,
+            };
             let src_whiteout = self.lower_has(&sdir, name)?;
             self.move_over(&s_up, name, &d_up, newname, src_whiteout)?;
+            if let Some(key) = replaced_group {
+                up.add_nlink_diff(&key, -1);
+            }
         }
         snode.moved((sdir.id, name), &ddir, newname);
         snode.set_chain(upper_only());
@@ -226,7 +240,7 @@ impl Overlay {
                 Ok(())
             });
         for s in staged {
-            let _ = up.work.unlink(&s.tmp);
+            let _ = drop_staged(up, &s);
         }
         result?;
         up.mark_opaque(&*self.upper_dir(node)?)?;
@@ -280,6 +294,8 @@ impl Overlay {
             let index = if st.nlink > 1 {
                 let key = self.ensure_index(up, &src_dir, name, &st, false)?;
                 up.index.link(&key, &up.work, &tmp)?;
+                // Counted already; given back if the copy is dropped (`drop_staged`).
+                up.add_nlink_diff(&key, -1);
                 Some(key)
             } else {
                 copy_object(up, &src_dir, name, &st, &up.work, &tmp, false, false)?;
@@ -304,7 +320,7 @@ impl Overlay {
             let _lock = self.dir_locks.lock(s.dir.id);
             if Layer::probe(&updir, false, &s.name)? != Probe::Absent {
                 // Copied up, deleted or replaced meanwhile: what is there now wins.
-                return up.work.unlink(&s.tmp);
+                return drop_staged(up, &s);
             }
             let times = updir.stat()?;
             self.mark_impure(up, &s.dir, &updir);
@@ -330,4 +346,14 @@ struct Staged {
     name: std::ffi::OsString,
     id: u64,
     index: Option<std::ffi::OsString>,
+}
+
+/// Removes a staged copy that will not be placed, giving its index group back the link the
+/// staging took from its count.
+fn drop_staged(up: &super::Upper, s: &Staged) -> Result<(), Errno> {
+    up.work.unlink(&s.tmp)?;
+    if let Some(key) = &s.index {
+        up.add_nlink_diff(key, 1);
+    }
+    Ok(())
 }

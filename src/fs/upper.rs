@@ -96,6 +96,10 @@ pub struct Upper {
     origin_attr: &'static str,
     /// The xattr marking a directory that may hold copied-up entries (same namespace).
     impure_attr: &'static str,
+    /// The xattr holding an index entry's link-count difference (same namespace).
+    nlink_attr: &'static str,
+    /// Serialises the read-modify-write of link-count differences.
+    nlink_lock: Mutex<()>,
     /// A directory could not be marked impure: every upper directory counts as impure.
     impure_unrecorded: AtomicBool,
     /// Origins that could not be recorded on disk (user xattrs on a symlink or device), by
@@ -187,6 +191,8 @@ impl Upper {
             owner_xattr: None,
             origin_attr: marker::ORIGIN_XATTRS[usize::from(!root_user)],
             impure_attr: marker::IMPURE_XATTRS[usize::from(!root_user)],
+            nlink_attr: marker::NLINK_XATTRS[usize::from(!root_user)],
+            nlink_lock: Mutex::new(()),
             impure_unrecorded: AtomicBool::new(false),
             unrecorded: DashMap::new(),
             next_temp,
@@ -336,6 +342,51 @@ impl Upper {
             None => dir.xattr_get(attr),
         };
         decode_origin(&value.ok()?)
+    }
+}
+
+impl Upper {
+    /// The link-count difference recorded on the child `name` of `dir` (an index entry, or
+    /// an upper alias of one: they share the inode), if any.
+    pub fn nlink_diff(&self, dir: &Dir, name: &OsStr) -> Option<i64> {
+        let value = dir
+            .child_xattr_get(name, OsStr::new(self.nlink_attr))
+            .ok()?;
+        std::str::from_utf8(&value).ok()?.parse().ok()
+    }
+
+    /// Records `diff` on the child `name` of `dir`. Where it cannot be kept, links counts
+    /// of the group show the upper's own.
+    pub fn set_nlink_diff(&self, dir: &Dir, name: &OsStr, diff: i64) {
+        let value = diff.to_string();
+        let attr = OsStr::new(self.nlink_attr);
+        if let Err(e) = dir.child_xattr_set(name, attr, value.as_bytes(), 0) {
+            log::debug!("link count of a hard-link group not recorded: {e}");
+        }
+    }
+
+    /// Adds `delta` to the link-count difference of index entry `key`: the merged group
+    /// gained or lost a name that the entry's own count does not see (a lower alias
+    /// whited out, or an alias linked from the index into the upper).
+    pub fn add_nlink_diff(&self, key: &OsStr, delta: i64) {
+        let _serial = self.nlink_lock.lock();
+        if let Some(diff) = self.nlink_diff(&self.index, key) {
+            self.set_nlink_diff(&self.index, key, diff + delta);
+        }
+    }
+
+    /// The merged link count of a non-directory whose real status is `st`, found as the
+    /// child `name` of `dir`: `via_index` when reached through its index entry. A recorded
+    /// difference applies; an index entry without one (older mounts) counts its aliases.
+    pub fn merged_nlink(&self, dir: &Dir, name: &OsStr, st: &Stat, via_index: bool) -> u64 {
+        if st.nlink <= 1 && !via_index {
+            return st.nlink;
+        }
+        match self.nlink_diff(dir, name) {
+            Some(diff) => (st.nlink as i64).saturating_add(diff).max(1) as u64,
+            None if via_index => st.nlink.saturating_sub(1).max(1),
+            None => st.nlink,
+        }
     }
 }
 

@@ -329,14 +329,21 @@ impl Pair {
     /// side is there too where the kernel overlay can keep an upper on it, else in /tmp.
     /// Where `backing` holds no whiteout devices, lower whiteouts are written as `.wh.` files
     /// (as containers-storage writes layers there).
-    pub fn writable_on(backing: &backing::Backing, lowers: &[Layer], extra: &str) -> Pair {
-        let scratch = backing.scratch();
-        let kernel_scratch = (!backing.holds_kernel_upper()).then(Scratch::new);
+    /// `kernel_extra`: more options for the kernel overlay (`index=on`, ...).
+    pub fn writable_on(
+        backing: Option<&backing::Backing>,
+        lowers: &[Layer],
+        extra: &str,
+        kernel_extra: &str,
+    ) -> Pair {
+        let scratch = backing.map_or_else(Scratch::new, |b| b.scratch());
+        let kernel_scratch = backing
+            .filter(|b| !b.holds_kernel_upper())
+            .map(|_| Scratch::new());
         let kside = kernel_scratch.as_ref().unwrap_or(&scratch);
-        let form = if backing.holds_device_whiteouts() {
-            Form::Ours
-        } else {
-            Form::Portable
+        let form = match backing {
+            Some(b) if !b.holds_device_whiteouts() => Form::Portable,
+            _ => Form::Ours,
         };
         let (ours, kernel) = write_both_in(&scratch, form, kside, lowers);
         for d in ["ou", "ow"] {
@@ -348,7 +355,16 @@ impl Pair {
         let om = scratch.mkdir("ours");
         let km = kside.mkdir("kern");
         let ours = mount_ours_rw(&ours, &scratch.path("ou"), &scratch.path("ow"), &om, extra);
-        let kernel = mount_kernel_rw(&kernel, &kside.path("ku"), &kside.path("kw"), &km);
+        let mut data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            colon_list(&kernel),
+            kside.path("ku").display(),
+            kside.path("kw").display()
+        );
+        if !kernel_extra.is_empty() {
+            data = format!("{data},{kernel_extra}");
+        }
+        let kernel = kernel_overlay(&data, 0, &km);
         Pair {
             scratch,
             ours,
