@@ -11,6 +11,7 @@ use std::process::Command;
 
 use crate::util::backing::{fs_type, Backing, Fs};
 use crate::util::{self, errno, Layer, Opq, Pair, Wh};
+use crate::write::renameat2;
 use crate::{crash, random_ops};
 
 fn lowers() -> Vec<Layer> {
@@ -43,26 +44,6 @@ fn sh(m: &Path, script: &str) -> Result<(), i32> {
     util::succeeds(Command::new("sh").arg("-c").arg(script).current_dir(m))
 }
 
-fn exchange(m: &Path, a: &str, b: &str) -> Result<(), i32> {
-    let c = |p: &str| std::ffi::CString::new(m.join(p).into_os_string().into_encoded_bytes());
-    let (ca, cb) = (c(a).unwrap(), c(b).unwrap());
-    // SAFETY: test helper; NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno(std::io::Error::last_os_error()))
-    }
-}
-
 /// One change made the same way on both mounts.
 type Step = dyn Fn(&Path) -> Result<(), i32>;
 
@@ -92,7 +73,7 @@ fn write_scenarios(b: &Backing) {
         ("mv a lower file", &|m| sh(m, "mv etc/keep etc/kept")),
         ("mv a lower dir", &|m| sh(m, "mv tree/b tree/moved")),
         ("exchange two lower names", &|m| {
-            exchange(m, "etc/conf", "etc/link")
+            renameat2(m, "etc/conf", "etc/link", libc::RENAME_EXCHANGE)
         }),
         ("truncate a big lower file", &|m| {
             sh(m, "truncate -s 4096 bin/tool")

@@ -225,7 +225,8 @@ fn renames_of_files_between_layers_match_the_kernel() {
     }
 }
 
-fn renameat2(m: &Path, a: &str, b: &str, flags: u32) -> Result<(), i32> {
+/// renameat2(2) of `a` to `b` under `m` with `flags`: `Ok` or the errno.
+pub fn renameat2(m: &Path, a: &str, b: &str, flags: u32) -> Result<(), i32> {
     let ca = std::ffi::CString::new(m.join(a).into_os_string().into_encoded_bytes()).unwrap();
     let cb = std::ffi::CString::new(m.join(b).into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: test helper; NUL-terminated paths.
