@@ -91,6 +91,11 @@ impl Overlay {
         }
         let (parent, name) = node.parent_and_name();
         let path = parent.path();
+        if let Some(key) = node.index() {
+            // The group is in the index already (its node's layers may be another name's).
+            let updir = self.layer_dir(&parent, &path, 0)?;
+            return self.link_up(up, node, &key, &parent, &updir, &name);
+        }
         let src_dir = self.layer_dir(&parent, &path, node.top_layer())?;
         let mut st = src_dir.stat_child(&name)?;
         if let Some(owner) = self.owner_xattr(&src_dir, Some(&name)) {
@@ -123,26 +128,41 @@ impl Overlay {
             // A lower hard link: the copy goes to the index first, so every alias of the
             // group finds it there and they stay one object.
             let key = self.ensure_index(up, &src_dir, &name, &st, truncate)?;
-            {
-                let _dir = self.dir_locks.lock(parent.id);
-                let times = updir.stat()?;
-                self.mark_impure(up, &parent, &updir);
-                match up.index.link(&key, &updir, &name) {
-                    // The alias was counted already: its new upper link is not a new name.
-                    Ok(()) => up.add_nlink_diff(&key, -1),
-                    // This name was linked up before, while the node stood for another
-                    // name of its group (a lookup of a lower alias): nothing to do.
-                    Err(Errno::EEXIST) if same_inode(&updir, &name, &up.index, &key) => {}
-                    Err(e) => return Err(e),
-                }
-                restore_times(&updir, &times);
-            }
-            node.set_index(Some(key));
+            return self.link_up(up, node, &key, &parent, &updir, &name);
         } else {
             let tmp = up.temp_name();
             let built = copy_object(up, &src_dir, &name, &st, &up.work, &tmp, truncate, true);
             self.publish(up, built, &tmp, &parent, &updir, &name)?;
         }
+        node.set_chain(vec![ChainDir {
+            layer: 0,
+            xwhiteouts: false,
+        }]);
+        self.invalidate(node.id);
+        Ok(())
+    }
+
+    /// Links `name` of `parent` (upper directory `updir`), a name of the lower hard-link
+    /// group in index entry `key`, up from the entry; `node` then lives there.
+    fn link_up(
+        &self,
+        up: &Upper,
+        node: &Arc<super::Node>,
+        key: &OsStr,
+        parent: &Arc<super::Node>,
+        updir: &Dir,
+        name: &OsStr,
+    ) -> Result<(), Errno> {
+        {
+            let _dir = self.dir_locks.lock(parent.id);
+            let times = updir.stat()?;
+            self.mark_impure(up, parent, updir);
+            up.index.link(key, updir, name)?;
+            // The alias was counted already: its new upper link is not a new name.
+            up.add_nlink_diff(key, -1);
+            restore_times(updir, &times);
+        }
+        node.set_index(Some(key.to_owned()));
         node.set_chain(vec![ChainDir {
             layer: 0,
             xwhiteouts: false,
@@ -393,14 +413,6 @@ pub(super) fn copy_xattrs(
         }
     }
     Ok(())
-}
-
-/// True when `a` in `adir` and `b` in `bdir` are one inode.
-fn same_inode(adir: &Dir, a: &OsStr, bdir: &Dir, b: &OsStr) -> bool {
-    match (adir.stat_child(a), bdir.stat_child(b)) {
-        (Ok(x), Ok(y)) => (x.dev, x.ino) == (y.dev, y.ino),
-        _ => false,
-    }
 }
 
 /// Copies `size` bytes of `src` into the empty `dst`: a reflink where the filesystem can

@@ -281,9 +281,24 @@ impl Overlay {
     }
 
     /// True when the object's primary name exists in the upper layer (a lower hard link
-    /// whose data is in the index still needs its name linked there).
-    fn name_on_upper(&self, node: &Node) -> bool {
-        self.upper.is_some() && node.top_layer() == 0
+    /// whose data is in the index still needs its name linked there). The node of a lower
+    /// hard-link group stands for all its names, and its layers are those of whichever name
+    /// was resolved last: for it the name itself is looked for, as a link of the entry.
+    fn name_on_upper(&self, node: &Arc<Node>) -> bool {
+        let Some(up) = &self.upper else {
+            return false;
+        };
+        let Some(key) = node.index() else {
+            return node.top_layer() == 0;
+        };
+        let (parent, name) = node.parent_and_name();
+        let Ok(updir) = self.layer_dir(&parent, &parent.path(), 0) else {
+            return false;
+        };
+        match (updir.stat_child(&name), up.index.stat_child(&key)) {
+            (Ok(a), Ok(b)) => (a.dev, a.ino) == (b.dev, b.ino),
+            _ => false,
+        }
     }
 
     fn check_name(&self, name: &OsStr) -> Result<(), Errno> {
@@ -341,7 +356,17 @@ impl Overlay {
                         }
                     }
                     if r.kind != FileKind::Directory {
+                        let real = st.nlink;
                         st.nlink = up.merged_nlink(&dir, name, &st, false);
+                        // An upper alias of a copied-up lower hard link: the node keeps its
+                        // index entry, which serves every alias, upper or lower.
+                        let key = upper::index_key_of(origin);
+                        if real > 1
+                            && origin != (st.dev, st.ino)
+                            && up.index.stat_child(&key).is_ok_and(|i| i.ino == st.ino)
+                        {
+                            index = Some(key);
+                        }
                     }
                 }
             } else if r.kind != FileKind::Directory && st.nlink > 1 {

@@ -335,15 +335,16 @@ impl Overlay {
         let in_upper = self.is_upper_layer(resolved.chain[0].layer);
         // Whether removing an upper object must leave a whiteout (a lower one always does).
         let whiteout = in_upper && self.lower_has(&dir, name)?;
-        // The object loses its last name only if nothing else links to it (an upper copy of
-        // a lower hard link counts its index entry: never marked gone too early).
-        let last_link = is_dir || resolved.top.nlink <= 1;
+        // The object loses its last name only if its merged link count says so (a lower
+        // hard-link group counts every alias, copied up or not).
+        let last_link =
+            is_dir || resolved.top.nlink <= 1 || self.identify(&dir, name, &resolved)?.2.nlink <= 1;
         if !in_upper {
             // A lower hard link's group keeps its count in the index, as the kernel's does
             // with index=on: the group is indexed first (its data copied there) if need be.
             let group = match is_dir || resolved.top.nlink <= 1 {
                 true => None,
-                false => Some(self.index_group(&dir, name, &resolved)?),
+                false => Some(self.index_group(&dir, name, &resolved, &node)?),
             };
             up.write_whiteout(&updir, name)?;
             if let Some(key) = group {
@@ -378,12 +379,14 @@ impl Overlay {
     }
 
     /// The index entry of the lower hard-link group of the lower non-directory `name` of
-    /// `dir` (resolved as `r`), made if this is the group's first change.
+    /// `dir` (resolved as `r`, known as `node`), made if this is the group's first change.
+    /// `node` stands for every alias of the group: from now on it is served from the entry.
     pub(super) fn index_group(
         &self,
         dir: &Arc<Node>,
         name: &OsStr,
         r: &Resolved,
+        node: &Node,
     ) -> Result<std::ffi::OsString, Errno> {
         let up = self.writable()?;
         let src_dir = self.layer_dir(dir, &dir.path(), r.chain[0].layer)?;
@@ -391,7 +394,10 @@ impl Overlay {
         if let Some(owner) = self.owner_xattr(&src_dir, Some(name)) {
             owner.apply(&mut st);
         }
-        self.ensure_index(up, &src_dir, name, &st, false)
+        let key = self.ensure_index(up, &src_dir, name, &st, false)?;
+        node.set_index(Some(key.clone()));
+        self.invalidate(node.id);
+        Ok(key)
     }
 
     /// Resolves `name` in `dir` holding the directory's lock and the copy-up lock of its

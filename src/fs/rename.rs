@@ -94,7 +94,11 @@ impl Overlay {
         }
         // Whether the replaced object loses its last name.
         let d_last = match (&dnode, &dst) {
-            (Some(d), Some(r)) if !exchange => d.kind == FileKind::Directory || r.top.nlink <= 1,
+            (Some(d), Some(r)) if !exchange => {
+                d.kind == FileKind::Directory
+                    || r.top.nlink <= 1
+                    || self.identify(&ddir, newname, r)?.2.nlink <= 1
+            }
             _ => false,
         };
         let d_merged = !self.lower_chain(&ddir.chain()).is_empty();
@@ -113,13 +117,13 @@ impl Overlay {
             s_up.rename(name, &d_up, newname, rename_flags::EXCHANGE)?;
         } else {
             // A lower hard link replaced loses a name of its group (kept in the index).
-            let replaced_group = match &dst {
-                Some(r)
+            let replaced_group = match (&dst, &dnode) {
+                (Some(r), Some(d))
                     if r.kind != FileKind::Directory
                         && r.top.nlink > 1
                         && !self.is_upper_layer(r.chain[0].layer) =>
                 {
-                    Some(self.index_group(&ddir, newname, r)?)
+                    Some(self.index_group(&ddir, newname, r, d)?)
                 }
                 _ => None,
             };
@@ -171,10 +175,15 @@ impl Overlay {
                 }
                 return Ok(());
             }
-            Ok(st) if st.is_dir() && !up.features.rename_exchange => {
-                // No swap here, so AUFS markers (device whiteouts need RENAME_EXCHANGE): a
-                // whiteout of the new name hides any lower one while the emptied directory
-                // leaves for the work dir; it goes last, below.
+            Ok(st)
+                if st.is_dir()
+                    && (up.format == MarkerFormat::Aufs || !up.features.rename_exchange) =>
+            {
+                // AUFS markers (also wherever RENAME_EXCHANGE is missing: device whiteouts
+                // need it): an opaque directory is never empty (`.wh..wh..opq`), so no swap
+                // makes the target replaceable. A whiteout of the new name hides any lower
+                // one while the emptied directory leaves for the work dir; it goes last,
+                // below.
                 up.write_aufs_whiteout(d_up, newname)?;
                 let tmp = up.temp_name();
                 d_up.rename(newname, &up.work, &tmp, rename_flags::NOREPLACE)?;

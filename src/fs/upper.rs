@@ -398,7 +398,12 @@ fn temp_name(counter: &AtomicU64) -> OsString {
 
 /// The index entry name of a lower hard-link group.
 pub fn index_key(st: &Stat) -> OsString {
-    OsString::from_vec(format!("{:x}-{:x}", st.dev, st.ino).into_bytes())
+    index_key_of((st.dev, st.ino))
+}
+
+/// The index entry name of the lower hard-link group whose object is `(dev, ino)`.
+pub fn index_key_of((dev, ino): (u64, u64)) -> OsString {
+    OsString::from_vec(format!("{dev:x}-{ino:x}").into_bytes())
 }
 
 fn encode_origin(dev: u64, ino: u64) -> Vec<u8> {
