@@ -129,11 +129,10 @@ impl Overlay {
             // group finds it there and they stay one object.
             let key = self.ensure_index(up, &src_dir, &name, &st, truncate)?;
             return self.link_up(up, node, &key, &parent, &updir, &name);
-        } else {
-            let tmp = up.temp_name();
-            let built = copy_object(up, &src_dir, &name, &st, &up.work, &tmp, truncate, true);
-            self.publish(up, built, &tmp, &parent, &updir, &name)?;
         }
+        let tmp = up.temp_name();
+        let built = copy_object(up, &src_dir, &name, &st, &up.work, &tmp, truncate, true);
+        self.publish(up, built, &tmp, &parent, &updir, &name)?;
         node.set_chain(vec![ChainDir {
             layer: 0,
             xwhiteouts: false,

@@ -363,7 +363,10 @@ impl Overlay {
                         let key = upper::index_key_of(origin);
                         if real > 1
                             && origin != (st.dev, st.ino)
-                            && up.index.stat_child(&key).is_ok_and(|i| i.ino == st.ino)
+                            && up
+                                .index
+                                .stat_child(&key)
+                                .is_ok_and(|i| (i.dev, i.ino) == (st.dev, st.ino))
                         {
                             index = Some(key);
                         }

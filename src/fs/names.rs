@@ -337,14 +337,14 @@ impl Overlay {
         let whiteout = in_upper && self.lower_has(&dir, name)?;
         // The object loses its last name only if its merged link count says so (a lower
         // hard-link group counts every alias, copied up or not).
-        let last_link =
-            is_dir || resolved.top.nlink <= 1 || self.identify(&dir, name, &resolved)?.2.nlink <= 1;
+        let linked_elsewhere = !is_dir && resolved.top.nlink > 1;
+        let last_link = !linked_elsewhere || self.identify(&dir, name, &resolved)?.2.nlink <= 1;
         if !in_upper {
             // A lower hard link's group keeps its count in the index, as the kernel's does
             // with index=on: the group is indexed first (its data copied there) if need be.
-            let group = match is_dir || resolved.top.nlink <= 1 {
-                true => None,
-                false => Some(self.index_group(&dir, name, &resolved, &node)?),
+            let group = match linked_elsewhere {
+                true => Some(self.index_group(&dir, name, &resolved, &node)?),
+                false => None,
             };
             up.write_whiteout(&updir, name)?;
             if let Some(key) = group {
