@@ -541,7 +541,8 @@ fn podman_mount_program_root_and_rootless() {
 }
 
 /// The same flow with podman's storage on each backing filesystem: ext4, xfs, btrfs, tmpfs
-/// and a kernel overlay mount (podman in a container, its storage on the container's root).
+/// and a kernel overlay mount (podman in a container, its storage on the container's root),
+/// as root, and rootless on the kernel overlay mount.
 #[test]
 fn podman_mount_program_on_every_backing_filesystem() {
     let setup = Setup::new();
@@ -551,5 +552,9 @@ fn podman_mount_program_on_every_backing_filesystem() {
         let store = setup.ours(&backing.path("storage"), None);
         failures.extend(setup.check(&format!("overlayfuse, root, {fs:?}"), &store));
     }
+    // Rootless podman in a pod: an unprivileged user's storage on the container's root.
+    let nested = Backing::new(Fs::Overlay);
+    let store = setup.ours(&nested.path("storage"), Some(rootless_user()));
+    failures.extend(setup.check("overlayfuse, rootless, Overlay", &store));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -4,6 +4,7 @@
 //!
 //! A filesystem that cannot be made fails the test: nothing here skips.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,6 +44,8 @@ impl Backing {
             .prefix("ofs-backing")
             .tempdir()
             .unwrap();
+        // Reachable by the unprivileged users of the rootless tests.
+        std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = holder.path().join("root");
         std::fs::create_dir(&root).unwrap();
         let b = Backing { fs, root, holder };
