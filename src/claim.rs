@@ -77,16 +77,32 @@ fn lock_dir(role: &str, path: &Path, shown: &Path) -> Result<File, Error> {
         let holder = holder(&f);
         let live = holder.as_deref().is_some_and(is_mount_point);
         if live || start.elapsed() > EXIT_GRACE {
-            let other = match holder {
-                Some(m) => format!("the overlayfuse mount on '{}'", m.display()),
-                None => "another overlayfuse mount".to_string(),
-            };
-            return Err(Error::invalid(format!(
-                "{role} '{}' is in use by {other}: unmount that first, or give another {role}",
-                shown.display()
-            )));
+            return Err(Error::invalid(in_use(role, shown, holder.as_deref(), live)));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The refusal of a dir held by another daemon: one whose mount point is `holder` (if it was
+/// recorded), still mounted in this namespace when `live`.
+fn in_use(role: &str, shown: &Path, holder: Option<&Path>, live: bool) -> String {
+    let shown = shown.display();
+    match holder {
+        Some(m) if live => format!(
+            "{role} '{shown}' is in use by the overlayfuse mount on '{}': unmount that first, \
+             or give another {role}",
+            m.display()
+        ),
+        Some(m) => format!(
+            "{role} '{shown}' is in use by the overlayfuse mount once on '{}', which is \
+             unmounted here but still served (files open on a lazily unmounted mount, or a \
+             copy of it in another mount namespace): end those, or give another {role}",
+            m.display()
+        ),
+        None => format!(
+            "{role} '{shown}' is in use by another overlayfuse mount: unmount that first, or \
+             give another {role}"
+        ),
     }
 }
 

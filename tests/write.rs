@@ -627,6 +627,75 @@ fn bad_upper_and_work_dirs_are_refused_with_one_line() {
 }
 
 #[test]
+fn one_mount_per_upper_and_work_dir_also_while_a_copy_lives_in_another_namespace() {
+    let s = util::Scratch::new();
+    let l = s.mkdir("l");
+    fs::write(l.join("a"), "a").unwrap();
+    let (u, w, m) = (s.mkdir("u"), s.mkdir("w"), s.mkdir("m"));
+    let mount = |u: &Path, w: &Path, m: &Path| {
+        let o = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l.display(),
+            u.display(),
+            w.display()
+        );
+        util::run(&["-o", &o, m.to_str().unwrap()])
+    };
+    let refused = |out: std::process::Output, want: &[&str]| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        for x in want {
+            assert!(err.contains(x), "{x:?} missing from: {err}");
+        }
+    };
+    let first = mount(&u, &w, &m);
+    assert!(first.status.success(), "{first:?}");
+    let first = util::Mounted { path: m.clone() };
+    fs::write(m.join("a"), "first").unwrap();
+    let m2 = s.mkdir("m2");
+    let m = m.to_str().unwrap();
+    refused(
+        mount(&u, &s.mkdir("w2"), &m2),
+        &["upperdir", m, "unmount that first"],
+    );
+    refused(
+        mount(&s.mkdir("u2"), &w, &m2),
+        &["workdir", m, "unmount that first"],
+    );
+    assert!(!util::is_mounted(&m2));
+
+    // A private copy of the mount in another mount namespace keeps the first daemon serving
+    // after the unmount here: still refused, saying so.
+    let mut copy = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let own_ns = fs::read_link("/proc/self/ns/mnt").unwrap();
+    let ns = format!("/proc/{}/ns/mnt", copy.id());
+    assert!(util::wait_for(std::time::Duration::from_secs(10), || {
+        fs::read_link(&ns).is_ok_and(|n| n != own_ns)
+    }));
+    first.unmount();
+    std::mem::forget(first);
+    refused(
+        mount(&u, &w, Path::new(m)),
+        &["upperdir", m, "still served", "another mount namespace"],
+    );
+    copy.kill().unwrap();
+    copy.wait().unwrap();
+    // The copy gone, the first daemon exits and the upper is free again (within the grace).
+    let again = mount(&u, &w, Path::new(m));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let _again = util::Mounted { path: m.into() };
+    assert_eq!(fs::read_to_string(Path::new(m).join("a")).unwrap(), "first");
+}
+
+#[test]
 fn o_excl_and_other_create_errors_match_the_kernel() {
     let pair = Pair::writable(&lowers(), "");
     pair.both("O_EXCL on lower", |m| {

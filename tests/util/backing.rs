@@ -41,8 +41,8 @@ impl Backing {
     /// Makes and mounts a fresh `fs`.
     pub fn new(fs: Fs) -> Backing {
         let holder = tempfile::Builder::new()
-            .prefix("ofs-backing")
-            .tempdir()
+            .prefix("ofsb")
+            .tempdir_in(super::scratch_root())
             .unwrap();
         // Reachable by the unprivileged users of the rootless tests.
         std::fs::set_permissions(holder.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

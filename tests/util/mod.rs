@@ -31,7 +31,10 @@ pub struct Scratch {
 impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
-            dir: tempfile::Builder::new().prefix("ofs").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("ofs")
+                .tempdir_in(scratch_root())
+                .unwrap(),
         }
     }
     /// A scratch directory inside `root` (a backing filesystem).
@@ -51,6 +54,63 @@ impl Scratch {
         std::fs::create_dir_all(&p).unwrap();
         p
     }
+}
+
+/// The directory every scratch dir and backing filesystem of the tests lives in: a bind mount
+/// of itself made shared, so that every mount below it is shared too. A mount namespace made
+/// while a test's mount exists (podman's rootless pause process, a container runtime) holds a
+/// copy of it; where `/` is private, an unmount here would not reach that copy, which would
+/// keep the daemon alive and its upper locked after the test unmounted it. Shared, the unmount
+/// propagates to the copy (a peer or a slave of ours).
+pub fn scratch_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join("ofs-t");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = CString::new(root.as_os_str().as_bytes()).unwrap();
+        if !is_mounted(&root) {
+            // SAFETY: test helper; NUL-terminated paths, null fs type and data.
+            let bound = unsafe {
+                libc::mount(
+                    c.as_ptr(),
+                    c.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(
+                bound,
+                0,
+                "bind mount of {}: {}",
+                root.display(),
+                errno_text()
+            );
+        }
+        // SAFETY: as above.
+        let shared = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            shared,
+            0,
+            "making {} shared: {}",
+            root.display(),
+            errno_text()
+        );
+        root
+    })
+}
+
+fn errno_text() -> std::io::Error {
+    std::io::Error::last_os_error()
 }
 
 /// True when `path` is a mount point in this namespace.
@@ -276,9 +336,10 @@ pub fn succeeds(cmd: &mut Command) -> Result<(), i32> {
 
 /// The same layers mounted by us and by the kernel.
 pub struct Pair {
-    pub scratch: Scratch,
+    // Fields drop in this order: the mounts go before the directories they live in.
     pub ours: Mounted,
     pub kernel: Mounted,
+    pub scratch: Scratch,
     /// Where the kernel's side lives when the scratch's filesystem cannot hold it.
     pub kernel_scratch: Option<Scratch>,
 }
