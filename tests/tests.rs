@@ -16,6 +16,7 @@ mod random_ops;
 mod rootless;
 mod runtime;
 mod safety;
+mod setid;
 mod stress;
 mod view;
 mod write;

@@ -18,6 +18,7 @@ mod names;
 mod nameset;
 pub mod node;
 pub mod owner_xattr;
+pub mod privs;
 pub mod probe;
 pub mod readahead;
 mod rename;
@@ -44,6 +45,7 @@ pub use layer::Layer;
 pub use merge::DirEntry;
 pub use names::NewObject;
 pub use node::Bound;
+pub use privs::Privileges;
 pub use setattr::SetAttr;
 pub use upper::{MarkerFormat, Upper};
 

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use super::idmap::OneMap;
 use super::owner_xattr::{self, Owner};
+use super::privs::{self, Privileges, Target};
 use super::{acl, copyup, marker, Attr, Overlay};
 use crate::sys::{io_errno, Dir, Errno, FileKind, SetTime};
 
@@ -27,10 +28,46 @@ pub struct SetAttr {
 }
 
 impl Overlay {
-    /// Changes the attributes of `ino` as `set` says; `fh` is an open file of it, used for
-    /// an unlinked file.
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr, Errno> {
+    /// Changes the attributes of `ino` as `set`, asked by `who`, says; `fh` is an open file of
+    /// it, used for an unlinked file. Setuid and setgid bits go as the kernel's VFS rules say
+    /// for the change ([`privs::cleared_bits`]): a request with nothing to set is the kernel
+    /// asking for them to go after a write by `who`.
+    pub fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        set: &SetAttr,
+        who: &dyn Privileges,
+    ) -> Result<Attr, Errno> {
         self.writable()?;
+        let cleared = if privs::may_clear(set) {
+            let now = self.getattr(ino, fh)?;
+            let target = Target {
+                kind: now.kind,
+                perm: u32::from(now.perm),
+                uid: now.uid,
+                gid: now.gid,
+            };
+            let bits = privs::cleared_bits(&target, set, who);
+            (bits != 0).then(|| set.mode.unwrap_or(target.perm) & !bits)
+        } else {
+            None
+        };
+        match cleared {
+            Some(mode) => self.set_attributes(
+                ino,
+                fh,
+                &SetAttr {
+                    mode: Some(mode),
+                    ..*set
+                },
+            ),
+            None => self.set_attributes(ino, fh, set),
+        }
+    }
+
+    /// Changes the attributes of `ino` exactly as `set` says.
+    fn set_attributes(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr, Errno> {
         let set = &self.stored_owner(set)?;
         let node = self.nodes.get(ino)?;
         if node.is_unlinked() {
@@ -228,56 +265,47 @@ impl Overlay {
 
     /// Sets xattr `name` of `ino` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`). The overlay's
     /// own xattrs cannot be set (`EOPNOTSUPP`, as on the kernel overlay). For an access ACL,
-    /// `keeps_setgid` is asked as [`Overlay::drop_setgid_unless`] says.
+    /// `who` is asked as [`Overlay::drop_setgid_unless`] says.
     pub fn setxattr(
         &self,
         ino: u64,
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        keeps_setgid: impl FnOnce(u32, u32) -> bool,
+        who: &dyn Privileges,
     ) -> Result<(), Errno> {
         self.xattrs_served()?;
         if name == acl::ACCESS {
-            self.drop_setgid_unless(ino, keeps_setgid)?;
+            self.drop_setgid_unless(ino, who)?;
         }
         self.change_xattr(ino, name, Some((value, flags)))
     }
 
-    /// Removes xattr `name` of `ino`; `keeps_setgid` as for [`Overlay::setxattr`].
-    pub fn removexattr(
-        &self,
-        ino: u64,
-        name: &OsStr,
-        keeps_setgid: impl FnOnce(u32, u32) -> bool,
-    ) -> Result<(), Errno> {
+    /// Removes xattr `name` of `ino`; `who` as for [`Overlay::setxattr`].
+    pub fn removexattr(&self, ino: u64, name: &OsStr, who: &dyn Privileges) -> Result<(), Errno> {
         self.xattrs_served()?;
         if name == acl::ACCESS {
-            self.drop_setgid_unless(ino, keeps_setgid)?;
+            self.drop_setgid_unless(ino, who)?;
         }
         self.change_xattr(ino, name, None)
     }
 
     /// Before a change of the access ACL of `ino`: clears its setgid bit unless
-    /// `keeps_setgid(uid, gid)` says the caller is in its group or holds `CAP_FSETID` over
+    /// `who` is in its group or holds `CAP_FSETID` over
     /// it, as the kernel overlay does. The kernel leaves this to a FUSE daemon (its flag for
     /// it needs `FUSE_SETXATTR_EXT`), and the layer's own ACL update would not do it, since
     /// the daemon holds `CAP_FSETID`.
-    fn drop_setgid_unless(
-        &self,
-        ino: u64,
-        keeps_setgid: impl FnOnce(u32, u32) -> bool,
-    ) -> Result<(), Errno> {
+    fn drop_setgid_unless(&self, ino: u64, who: &dyn Privileges) -> Result<(), Errno> {
         let attr = self.getattr(ino, None)?;
         let perm = u32::from(attr.perm);
-        if perm & libc::S_ISGID == 0 || keeps_setgid(attr.uid, attr.gid) {
+        if perm & libc::S_ISGID == 0 || who.in_group_or_capable(attr.uid, attr.gid) {
             return Ok(());
         }
         let set = SetAttr {
             mode: Some(perm & !libc::S_ISGID),
             ..SetAttr::default()
         };
-        self.setattr(ino, None, &set).map(drop)
+        self.set_attributes(ino, None, &set).map(drop)
     }
 
     fn change_xattr(&self, ino: u64, name: &OsStr, set: Option<(&[u8], i32)>) -> Result<(), Errno> {

@@ -254,6 +254,18 @@ fn writable(format: MarkerFormat, build: impl FnOnce(&Path)) -> (tempfile::TempD
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
 
+/// A caller holding `CAP_FSETID`: no change of theirs clears setuid or setgid but a chown's.
+struct Capable;
+
+impl super::Privileges for Capable {
+    fn fsetid(&self, _uid: u32, _gid: u32) -> bool {
+        true
+    }
+    fn in_group_or_capable(&self, _uid: u32, _gid: u32) -> bool {
+        true
+    }
+}
+
 #[test]
 fn unlink_of_a_lower_file_writes_a_whiteout_in_the_chosen_format() {
     for (format, marker) in [
@@ -492,13 +504,18 @@ fn id_mappings_show_stored_owners_mapped_and_refuse_ids_without_room() {
         uid: Some(uid),
         ..SetAttr::default()
     };
-    assert_eq!(o.setattr(f.ino, None, &chown(100010)).unwrap().uid, 100010);
+    assert_eq!(
+        o.setattr(f.ino, None, &chown(100010), &Capable)
+            .unwrap()
+            .uid,
+        100010
+    );
     assert_eq!(
         std::fs::metadata(t.path().join("upper/d/f")).unwrap().uid(),
         10
     );
     assert_eq!(
-        o.setattr(f.ino, None, &chown(0)).unwrap_err(),
+        o.setattr(f.ino, None, &chown(0), &Capable).unwrap_err(),
         Errno::EOVERFLOW
     );
     assert_eq!(

@@ -18,7 +18,7 @@ use fuser::{
 
 use self::passthrough::{OpenIo, Passthrough};
 use crate::config::PassthroughMode;
-use crate::fs::{Attr, Caller, NewObject, Overlay, SetAttr};
+use crate::fs::{Attr, Caller, NewObject, Overlay, Privileges, SetAttr};
 use crate::sys::{caller, Errno, FileKind, SetTime};
 
 /// The `fuser::Filesystem` for an [`Overlay`].
@@ -116,10 +116,17 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-/// Whether the caller of `req` is in group `gid` or holds `CAP_FSETID` over an object of
-/// `uid`:`gid`, for the core's setgid rule on ACL changes.
-fn keeps_setgid(req: &Request) -> impl FnOnce(u32, u32) -> bool + '_ {
-    |uid, gid| caller::in_group_or_capable(req.pid(), req.gid(), uid, gid)
+/// The privileges of the process behind a request, read from `/proc` when asked.
+struct RequestPrivileges<'a>(&'a Request);
+
+impl Privileges for RequestPrivileges<'_> {
+    fn fsetid(&self, _uid: u32, _gid: u32) -> bool {
+        caller::holds_fsetid(self.0.pid())
+    }
+
+    fn in_group_or_capable(&self, uid: u32, gid: u32) -> bool {
+        caller::in_group_or_capable(self.0.pid(), self.0.gid(), uid, gid)
+    }
 }
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -238,7 +245,7 @@ impl Filesystem for OverlayFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -262,7 +269,10 @@ impl Filesystem for OverlayFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.core.setattr(ino.0, fh.map(|f| f.0), &set) {
+        match self
+            .core
+            .setattr(ino.0, fh.map(|f| f.0), &set, &RequestPrivileges(req))
+        {
             Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -593,8 +603,8 @@ impl Filesystem for OverlayFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let keeps = keeps_setgid(req);
-        reply_empty(self.core.setxattr(ino.0, name, value, flags, keeps), reply);
+        let who = RequestPrivileges(req);
+        reply_empty(self.core.setxattr(ino.0, name, value, flags, &who), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -606,7 +616,8 @@ impl Filesystem for OverlayFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.removexattr(ino.0, name, keeps_setgid(req)), reply);
+        let who = RequestPrivileges(req);
+        reply_empty(self.core.removexattr(ino.0, name, &who), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -25,6 +25,25 @@ pub fn in_group_or_capable(pid: u32, fsgid: u32, uid: u32, gid: u32) -> bool {
     in_groups || (has_effective_cap(&status, CAP_FSETID) && ids_mapped_for(pid, uid, gid))
 }
 
+/// True when the process `pid` holds `CAP_FSETID` in the initial user namespace (the
+/// kernel's `capable(CAP_FSETID)`, which decides whether a write clears setuid): a process
+/// of a user namespace never does, whatever it holds there. Where `/proc/<pid>` cannot be
+/// read, false.
+pub fn holds_fsetid(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    has_effective_cap(&status, CAP_FSETID) && in_initial_user_namespace(pid)
+}
+
+/// True when `pid` is in the initial user namespace: its uid map is the whole identity map.
+fn in_initial_user_namespace(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/uid_map")).is_ok_and(|map| {
+        let f: Vec<&str> = map.split_whitespace().collect();
+        f == ["0", "0", "4294967295"]
+    })
+}
+
 /// True when `status` (the text of a `/proc/<pid>/status`) lists capability `cap` as
 /// effective.
 pub fn has_effective_cap(status: &str, cap: u32) -> bool {
@@ -81,5 +100,7 @@ mod tests {
         let root = crate::sys::process::euid() == 0;
         assert_eq!(in_group_or_capable(me, gid, 1, 4_000_000), root);
         assert!(!in_group_or_capable(u32::MAX - 1, gid, 1, 4_000_000));
+        assert_eq!(holds_fsetid(me), root && in_initial_user_namespace(me));
+        assert!(!holds_fsetid(u32::MAX - 1));
     }
 }

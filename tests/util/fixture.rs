@@ -298,7 +298,13 @@ impl Layer {
                 }
                 Op::Xattr(p, name, value) => set_xattr(&root.join(p), name, value),
                 Op::Owner(p, uid, gid) => {
-                    std::os::unix::fs::lchown(root.join(p), Some(*uid), Some(*gid)).unwrap()
+                    // chown clears setuid and setgid: the mode given stays as given.
+                    let t = root.join(p);
+                    let before = std::fs::symlink_metadata(&t).unwrap();
+                    std::os::unix::fs::lchown(&t, Some(*uid), Some(*gid)).unwrap();
+                    if !before.file_type().is_symlink() {
+                        std::fs::set_permissions(&t, before.permissions()).unwrap();
+                    }
                 }
                 Op::Whiteout(p, wh) => write_whiteout(root, p, *wh, form),
                 Op::Opaque(p, opq) => write_opaque(&root.join(p), *opq, form),
