@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::sys::{file, lock};
+use crate::sys::{file, lock, mount};
 
 /// Xattrs naming the mount point that holds a dir, `trusted.` tried first.
 const HOLDER_XATTRS: [&str; 2] = ["trusted.overlayfuse.mount", "user.overlayfuse.mount"];
@@ -116,44 +116,13 @@ fn holder(f: &File) -> Option<std::path::PathBuf> {
 
 /// True when `path` is a mount point in this mount namespace.
 fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.as_os_str().as_encoded_bytes();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mount_path(m).as_slice() == want)
-}
-
-/// A mountinfo path field with its octal escapes (`\040` for a space) undone.
-fn unescape_mount_path(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|info| mount::mount_points(&info).any(|m| m == path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mount_path("/a\\040b\\134c"), b"/a b\\c".to_vec());
-        assert_eq!(unescape_mount_path("/plain"), b"/plain".to_vec());
-    }
 
     #[test]
     fn a_second_claim_of_a_locked_dir_names_the_holder() {

@@ -12,7 +12,7 @@ use crate::cli::MountArgs;
 use crate::error::Error;
 use crate::fs::idmap::{self, OneMap};
 use crate::fs::owner_xattr;
-use crate::fs::{MarkerFormat, View};
+use crate::fs::{Atime, MarkerFormat, View};
 
 /// Kernel mount flags the user may choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,10 +122,8 @@ const IGNORED_KEYS: [&str; 16] = [
     "max_idle_threads",
     "plugins",
 ];
-const IGNORED_FLAGS: [&str; 18] = [
+const IGNORED_FLAGS: [&str; 16] = [
     "rw",
-    "relatime",
-    "strictatime",
     "lazytime",
     "nodiratime",
     "diratime",
@@ -232,6 +230,18 @@ impl MountConfig {
                 cfg.upper = Some((absolute(&u, "upperdir")?, absolute(&w, "workdir")?));
             }
         }
+        if cfg.view.atime == Atime::Strict {
+            // Every read must reach the daemon to update the access time.
+            cfg.passthrough = match cfg.passthrough {
+                PassthroughMode::On => {
+                    return Err(Error::usage(
+                        "passthrough=on cannot keep strictatime (reads in the kernel pass the \
+                         daemon by): give one or the other",
+                    ))
+                }
+                _ => PassthroughMode::Off,
+            };
+        }
         Ok(cfg)
     }
 
@@ -268,7 +278,17 @@ impl MountConfig {
             "lowerdir" => set_once(&mut layers.lower, need(value)?, "lowerdir")?,
             "upperdir" => set_once(&mut layers.upper, need(value)?.into(), "upperdir")?,
             "workdir" => set_once(&mut layers.work, need(value)?.into(), "workdir")?,
-            "ro" => flag(value)?,
+            "ro" => {
+                flag(value)?;
+                self.view.read_only = true;
+            }
+            "relatime" | "strictatime" => {
+                flag(value)?;
+                self.view.atime = match key {
+                    "relatime" => Atime::Relative,
+                    _ => Atime::Strict,
+                };
+            }
             "debug" => {
                 flag(value)?;
                 self.debug = true;
@@ -290,6 +310,11 @@ impl MountConfig {
                     "atime" => MountFlag::Atime,
                     _ => MountFlag::NoAtime,
                 });
+                match key {
+                    "atime" => self.view.atime = Atime::Relative,
+                    "noatime" => self.view.atime = Atime::Never,
+                    _ => {}
+                }
             }
             "threaded" | "threads" => {
                 let n: usize = need(value)?.parse().map_err(|_| {

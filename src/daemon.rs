@@ -16,9 +16,10 @@ use fuser::MountOption;
 use crate::config::{MountConfig, MountFlag, PassthroughMode};
 use crate::error::Error;
 use crate::fs::upper::OpenError;
-use crate::fs::{Layer, Overlay, Upper};
+use crate::fs::{Atime, Layer, Overlay, Upper};
 use crate::fuse::session::{self, MountSpec};
 use crate::fuse::OverlayFs;
+use crate::sys::mount::{LayerMounts, ReadAtime};
 use crate::sys::{process, Errno};
 use crate::{claim, logger, preflight};
 
@@ -42,9 +43,23 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         dirs.push(u);
     }
     dirs.extend(checked.lowers.iter());
+    // Layers are read through private copies of their mounts: lower ones never have their
+    // access times touched, the upper's follow this mount's atime rule.
+    let upper_atime = match cfg.view.atime {
+        Atime::Never => ReadAtime::Never,
+        Atime::Relative | Atime::Strict => ReadAtime::Relative,
+    };
+    let mut mounts = LayerMounts::default();
     let mut layers = Vec::with_capacity(dirs.len());
     for (index, dir) in dirs.iter().enumerate() {
-        let layer = Layer::open(index, &dir.real).map_err(|e| {
+        let atime = match (index, &checked.upper) {
+            (0, Some(_)) => upper_atime,
+            _ => ReadAtime::Never,
+        };
+        let opened = mounts
+            .open_root(&dir.real, atime)
+            .and_then(|root| Layer::with_root(index, &dir.real, root));
+        let layer = opened.map_err(|e| {
             Error::invalid(format!(
                 "{} '{}' cannot be opened: {e}",
                 dir.role,
@@ -71,7 +86,13 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         Some((_, work)) => {
             // Modes of new objects come from the kernel with the caller's umask applied.
             process::clear_umask();
-            let up = Upper::open(&work.real, cfg.markers, cfg.fsync).map_err(|e| match e {
+            let root = mounts.open_root(&work.real, upper_atime).map_err(|e| {
+                Error::invalid(format!(
+                    "workdir '{}' cannot be opened: {e}",
+                    work.given.display()
+                ))
+            })?;
+            let up = Upper::open_dir(root, cfg.markers, cfg.fsync).map_err(|e| match e {
                 OpenError::WorkDir(e) => {
                     Error::invalid(format!("workdir '{}': {e}", work.given.display()))
                 }
@@ -91,7 +112,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         }
         None => None,
     };
-    let writable = upper.is_some();
+    let writable = upper.is_some() && !cfg.view.read_only;
     let core = Overlay::new(layers, upper)
         .map_err(|e| Error::invalid(format!("cannot read the layers: {e}")))?
         .with_view(cfg.view.clone());
@@ -126,8 +147,8 @@ fn block_termination_signals() -> Result<(), Error> {
         .map_err(|e| Error::runtime(format!("cannot block signals: {e}")))
 }
 
-/// The kernel mount flags: `ro` without an upper layer; `nodev` and `nosuid` unless the user
-/// asks for `dev` or `suid` (DESIGN.md §7).
+/// The kernel mount flags: `ro` without an upper layer or when asked; `nodev` and `nosuid`
+/// unless the user asks for `dev` or `suid`.
 fn kernel_flags(cfg: &MountConfig, writable: bool) -> Vec<MountOption> {
     let mut flags = vec![MountOption::NoDev, MountOption::NoSuid];
     if !writable {

@@ -12,6 +12,7 @@ mod crash;
 mod options;
 mod passthrough;
 mod podman;
+mod posix;
 mod random_ops;
 mod rootless;
 mod runtime;

@@ -269,7 +269,7 @@ pub(super) fn copy_object(
         FileKind::Regular => {
             let dst = dst_dir.create_file(dst_name, libc::O_WRONLY, 0o600)?;
             if !truncate {
-                let src = src_dir.open_file(name, libc::O_RDONLY)?;
+                let src = src_dir.open_file_atime(name, libc::O_RDONLY, true)?;
                 copy_data(&src, &dst, st.size, up.features.reflink)?;
             }
             data = Some(dst);

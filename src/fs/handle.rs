@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::node::Node;
-use super::Overlay;
+use super::{Atime, Overlay};
 use crate::sys::{file, io_errno, Errno, FileKind, Stat};
 
 /// An open merged file.
@@ -24,6 +24,8 @@ pub(super) struct Handle {
     /// The descriptor is read-write with no status flags, so it can serve as the inode's
     /// passthrough backing file as it is.
     shareable: bool,
+    /// Opened for writing: counted in the node's writers while open.
+    writer: bool,
 }
 
 impl Handle {
@@ -72,25 +74,35 @@ impl Overlay {
         // lower, and its next read moves it up (objects never move back down).
         let on_upper = self.on_upper(&node);
         let (dir, name) = self.locate(&node)?;
-        let f = dir.open_file(&name, layer_flags(flags))?;
+        let f = dir.open_file_atime(&name, layer_flags(flags), self.noatime(on_upper))?;
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             f.set_len(0).map_err(io_errno)?;
         }
         drop(dir);
         let shareable = layer_flags(flags) == libc::O_RDWR;
-        Ok(self.add_handle(node, f, on_upper, shareable))
+        Ok(self.add_handle(node, f, on_upper, shareable, write))
     }
 
     /// Registers `f`, an open descriptor of `node`; `on_upper` says it is on the upper
     /// filesystem (writes through it are allowed), `shareable` that it is read-write with
-    /// no status flags.
+    /// no status flags, `writer` that it was opened for writing.
+    ///
+    /// While a writer is open, the times of the object can change with no request at all
+    /// (a store through a shared mapping of a passthrough file): its attributes are then
+    /// [`Overlay::attr_volatile`], and those the kernel cached before are dropped now and
+    /// again when the last writer closes.
     pub(super) fn add_handle(
         &self,
         node: Arc<Node>,
         f: File,
         on_upper: bool,
         shareable: bool,
+        writer: bool,
     ) -> u64 {
+        if writer {
+            node.add_writer();
+            self.invalidate(node.id);
+        }
         let fh = self
             .next_handle
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -101,6 +113,7 @@ impl Overlay {
                 file: RwLock::new(Arc::new(f)),
                 on_upper: AtomicBool::new(on_upper),
                 shareable,
+                writer,
             }),
         );
         fh
@@ -122,7 +135,7 @@ impl Overlay {
     fn read_file(&self, h: &Handle) -> Result<Arc<File>, Errno> {
         if !h.on_upper.load(Ordering::Acquire) && self.on_upper(&h.node) && !h.node.is_unlinked() {
             let (dir, name) = self.locate(&h.node)?;
-            let f = Arc::new(dir.open_file(&name, libc::O_RDONLY)?);
+            let f = Arc::new(dir.open_file_atime(&name, libc::O_RDONLY, self.noatime(true))?);
             *h.file.write() = f.clone();
             h.on_upper.store(true, Ordering::Release);
             return Ok(f);
@@ -130,10 +143,26 @@ impl Overlay {
         Ok(h.file())
     }
 
+    /// Whether reads through a descriptor of an object leave its access time: always for a
+    /// lower object, for an upper one (`on_upper`) under `noatime`.
+    fn noatime(&self, on_upper: bool) -> bool {
+        !on_upper || self.view.atime == Atime::Never
+    }
+
+    /// True where every read must reach the daemon (`strictatime`): no passthrough, and no
+    /// page cache kept from one open to the next.
+    pub fn reads_touch_atime(&self) -> bool {
+        self.view.atime == Atime::Strict
+    }
+
     /// Reads up to `size` bytes at `offset` from open file `fh` (short only at end of file).
+    /// Under `strictatime` a read of an upper file updates its access time.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let h = self.handle(fh)?;
         let file = self.read_file(&h)?;
+        if self.reads_touch_atime() && h.on_upper.load(Ordering::Acquire) {
+            file::touch_atime(&file)?;
+        }
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -244,7 +273,10 @@ impl Overlay {
                 return Some(h.file());
             }
             let (dir, name) = self.locate(&h.node).ok()?;
-            return dir.open_file(&name, libc::O_RDWR).ok().map(Arc::new);
+            return dir
+                .open_file_atime(&name, libc::O_RDWR, self.noatime(true))
+                .ok()
+                .map(Arc::new);
         }
         if lower_frozen {
             return Some(h.file());
@@ -254,6 +286,16 @@ impl Overlay {
 
     /// Closes open file `fh`.
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        if let Some((_, h)) = self.files.remove(&fh) {
+            if h.writer && h.node.drop_writer() {
+                self.invalidate(h.node.id);
+            }
+        }
+    }
+
+    /// True while the attributes of `ino` can change without a request (see
+    /// [`Overlay::add_handle`]): the kernel should not cache them.
+    pub fn attr_volatile(&self, ino: u64) -> bool {
+        self.nodes.get(ino).is_ok_and(|n| n.has_writers())
     }
 }

@@ -77,7 +77,7 @@ impl LayerDir {
     /// The `d_type` of every entry, if this directory keeps them (listed on first use).
     fn names(&self) -> Option<&NameSet> {
         let cell = self.names.as_ref()?;
-        cell.get_or_init(|| self.keep(&self.dir.entries().ok()?))
+        cell.get_or_init(|| self.keep(&self.dir.entries(true).ok()?))
             .as_ref()
     }
 
@@ -85,7 +85,9 @@ impl LayerDir {
     /// of a frozen layer keeps their names from this listing if it has not yet, so the
     /// lookups that follow a listing do not list it again.
     pub fn list(&self) -> Result<Vec<RawEntry>, Errno> {
-        let entries = self.dir.entries()?;
+        // A frozen layer's directory is never touched; an upper one's access time is its
+        // filesystem's to keep.
+        let entries = self.dir.entries(self.names.is_some())?;
         if let Some(cell) = &self.names {
             cell.get_or_init(|| self.keep(&entries));
         }
@@ -155,7 +157,12 @@ pub enum Probe {
 impl Layer {
     /// Opens the layer rooted at `path` as position `index`.
     pub fn open(index: usize, path: &Path) -> Result<Layer, Errno> {
-        let root = Dir::open_root(path)?;
+        Layer::with_root(index, path, Dir::open_root(path)?)
+    }
+
+    /// The layer rooted at `path`, opened as `root` (through a private copy of its mount,
+    /// see [`crate::sys::mount`]), as position `index`.
+    pub fn with_root(index: usize, path: &Path, root: Dir) -> Result<Layer, Errno> {
         let dev = root.stat()?.dev;
         Ok(Layer {
             index,

@@ -74,6 +74,10 @@ pub struct Caller {
 struct DirHandle {
     node: Arc<Node>,
     listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+    /// The topmost real directory, kept once the merged one lost its name (rmdir, or a
+    /// rename over it) so fstat of the open directory still answers, as on the kernel
+    /// overlay (nlink 0 for a removed upper directory).
+    remains: OnceLock<Arc<LayerDir>>,
 }
 
 /// A directory descriptor that is either one of the overlay's own or freshly opened.
@@ -137,6 +141,23 @@ pub struct View {
     /// Owners and modes are kept in this xattr of the upper layer's objects and read from
     /// the owner xattrs of every layer (`xattr_permissions=1|2`; `None`: off).
     pub owner_xattr: Option<&'static str>,
+    /// Every change is refused with `EROFS`, upper layer or not (`ro`).
+    pub read_only: bool,
+    /// When reads update access times (`relatime`, `strictatime`, `noatime`).
+    pub atime: Atime,
+}
+
+/// When a read of an object updates its access time. Lower objects never change: they are
+/// read with `O_NOATIME`, whatever the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Atime {
+    /// The first read after a change or a day (`relatime`): left to the upper filesystem.
+    #[default]
+    Relative,
+    /// Every read the daemon serves (`strictatime`).
+    Strict,
+    /// Never (`noatime`): upper objects are read with `O_NOATIME` too.
+    Never,
 }
 
 /// A callback dropping the kernel's cached attributes of a node id.
@@ -263,7 +284,10 @@ impl Overlay {
     }
 
     fn writable(&self) -> Result<&Upper, Errno> {
-        self.upper.as_ref().ok_or(Errno::EROFS)
+        match &self.upper {
+            Some(up) if !self.view.read_only => Ok(up),
+            _ => Err(Errno::EROFS),
+        }
     }
 
     /// Whether the mount has an upper layer (so lower files can be copied up).
@@ -440,7 +464,9 @@ impl Overlay {
         let mut a = Attr::new(node.id, node.kind, st, one_link);
         a.uid = self.view.ids.uids.shown(st.uid);
         a.gid = self.view.ids.gids.shown(st.gid);
-        if node.is_unlinked() {
+        // A removed directory shows what its real one says (0 once an upper one is gone),
+        // or 1 if merged, as on the kernel overlay.
+        if node.is_unlinked() && node.kind != FileKind::Directory {
             a.nlink = 0;
         }
         a
@@ -463,6 +489,13 @@ impl Overlay {
     /// Attributes of `ino`; `fh`, an open file of it, answers for an unlinked file.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
         let node = self.nodes.get(ino)?;
+        if node.is_unlinked() && node.kind == FileKind::Directory {
+            let kept = self.dirs.iter().find_map(|h| match h.remains.get() {
+                Some(dir) if h.node.serial == node.serial => Some(dir.clone()),
+                _ => None,
+            });
+            return Ok(self.attr(&node, &kept.ok_or(Errno::ENOENT)?.stat()?));
+        }
         if node.is_unlinked() {
             let handle = match fh.and_then(|fh| self.files.get(&fh).map(|h| h.clone())) {
                 Some(h) => h,
@@ -504,6 +537,7 @@ impl Overlay {
             Arc::new(DirHandle {
                 node,
                 listing: Mutex::new(None),
+                remains: OnceLock::new(),
             }),
         );
         Ok(fh)
@@ -803,6 +837,25 @@ impl Overlay {
             &node.path(),
             node.top_layer(),
         )?))
+    }
+
+    /// Before directory `node` loses its last name: keeps its topmost real directory in
+    /// each of its open handles (see [`DirHandle::remains`]); true if it has any. The caller
+    /// then has the kernel drop the attributes it holds once the name is gone (it counts
+    /// the directory's links as 0 itself, where the kernel overlay shows a lower
+    /// directory's own count, or 1 for a merged one).
+    fn keep_open_dir(&self, node: &Node) -> bool {
+        let open = |h: &DirHandle| h.node.serial == node.serial;
+        if node.kind != FileKind::Directory || !self.dirs.iter().any(|h| open(&h)) {
+            return false;
+        }
+        let Ok(dir) = self.layer_dir(node, &node.path(), node.top_layer()) else {
+            return false;
+        };
+        for h in self.dirs.iter().filter(|h| open(h)) {
+            let _ = h.remains.set(dir.clone());
+        }
+        true
     }
 
     /// Where a non-root object lives: a directory holding it and its name there (the index

@@ -198,7 +198,7 @@ impl Overlay {
         let node = self.nodes.remember(id, kind, chain, None, &dir, name);
         let attr = self.attr(&node, &st);
         let generation = node.generation;
-        let fh = file.map(|f| self.add_handle(node, f, true, true));
+        let fh = file.map(|f| self.add_handle(node, f, true, true, true));
         Ok((attr, u64::from(generation), fh))
     }
 
@@ -339,6 +339,7 @@ impl Overlay {
         // hard-link group counts every alias, copied up or not).
         let linked_elsewhere = !is_dir && resolved.top.nlink > 1;
         let last_link = !linked_elsewhere || self.identify(&dir, name, &resolved)?.2.nlink <= 1;
+        let kept_open = is_dir && self.keep_open_dir(&node);
         if !in_upper {
             // A lower hard link's group keeps its count in the index, as the kernel's does
             // with index=on: the group is indexed first (its data copied there) if need be.
@@ -374,6 +375,9 @@ impl Overlay {
         node.name_removed(dir.id, name);
         if last_link {
             node.mark_unlinked();
+        }
+        if kept_open {
+            self.invalidate(node.id);
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -148,6 +148,9 @@ pub struct Node {
     /// known ([`IMPURITY_UNKNOWN`], [`PURE`] or [`IMPURE`]).
     impurity: AtomicU8,
     lookups: AtomicU64,
+    /// Open handles that can change the data (and, through a shared mapping the daemon never
+    /// sees, the times).
+    writers: AtomicU32,
     link: RwLock<Link>,
     chain: RwLock<StoredChain>,
 }
@@ -163,6 +166,7 @@ impl Node {
             unlinked: AtomicBool::new(false),
             impurity: AtomicU8::new(IMPURITY_UNKNOWN),
             lookups: AtomicU64::new(1),
+            writers: AtomicU32::new(0),
             link: RwLock::new(Link::new(None, OsStr::new(""), None)),
             chain: RwLock::new(StoredChain::new(chain)),
         }
@@ -264,6 +268,21 @@ impl Node {
     /// True once the object has no name left in the merged tree.
     pub fn is_unlinked(&self) -> bool {
         self.unlinked.load(Ordering::Acquire)
+    }
+
+    /// Counts an open handle that can change the object.
+    pub fn add_writer(&self) {
+        self.writers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Uncounts one; true when it was the last.
+    pub fn drop_writer(&self) -> bool {
+        self.writers.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// True while a handle that can change the object is open.
+    pub fn has_writers(&self) -> bool {
+        self.writers.load(Ordering::Acquire) > 0
     }
 }
 
@@ -405,6 +424,7 @@ impl NodeTable {
                 unlinked: AtomicBool::new(false),
                 impurity: AtomicU8::new(IMPURITY_UNKNOWN),
                 lookups: AtomicU64::new(lookups),
+                writers: AtomicU32::new(0),
                 link: RwLock::new(Link::new(Some(parent), name, index)),
                 chain: RwLock::new(StoredChain::new(chain)),
             })

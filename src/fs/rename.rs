@@ -108,6 +108,7 @@ impl Overlay {
             // merge into it.
             up.mark_opaque(&s_up.child_dir(name)?)?;
         }
+        let mut kept_open = false;
         if exchange {
             if let Some(d) = &dnode {
                 if d.kind == FileKind::Directory && s_merged {
@@ -127,6 +128,7 @@ impl Overlay {
                 }
                 _ => None,
             };
+            kept_open = dnode.as_ref().is_some_and(|d| self.keep_open_dir(d));
             let src_whiteout = self.lower_has(&sdir, name)?;
             self.move_over(&s_up, name, &d_up, newname, src_whiteout)?;
             if let Some(key) = replaced_group {
@@ -146,6 +148,9 @@ impl Overlay {
                 d.name_removed(ddir.id, newname);
                 if d_last {
                     d.mark_unlinked();
+                }
+                if kept_open {
+                    self.invalidate(d.id);
                 }
             }
             (None, _) => {}

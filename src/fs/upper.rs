@@ -120,15 +120,28 @@ impl Upper {
         format: Option<MarkerFormat>,
         fsync: bool,
     ) -> Result<Upper, OpenError> {
-        Upper::open_work_dir(workdir)
+        let root = Dir::open_root(workdir)
+            .map_err(|e| OpenError::WorkDir(format!("cannot open it: {e}")))?;
+        Upper::open_dir(root, format, fsync)
+    }
+
+    /// As [`Upper::open`], with the work dir opened as `root` (on the same mount as the
+    /// upper dir: renames go between them).
+    pub fn open_dir(
+        root: Dir,
+        format: Option<MarkerFormat>,
+        fsync: bool,
+    ) -> Result<Upper, OpenError> {
+        Upper::open_work_dir(root)
             .map_err(OpenError::WorkDir)
             .and_then(|(work, index)| Upper::with_format(work, index, format, fsync))
     }
 
-    /// Checks `workdir` and returns its `work/` and `index/` dirs, `work/` emptied.
-    fn open_work_dir(workdir: &Path) -> Result<(Dir, Dir), String> {
-        let root = Dir::open_root(workdir).map_err(|e| format!("cannot open it: {e}"))?;
-        let entries = root.entries().map_err(|e| format!("cannot list it: {e}"))?;
+    /// Checks work dir `root` and returns its `work/` and `index/` dirs, `work/` emptied.
+    fn open_work_dir(root: Dir) -> Result<(Dir, Dir), String> {
+        let entries = root
+            .entries(true)
+            .map_err(|e| format!("cannot list it: {e}"))?;
         for e in entries {
             let name = e.name.to_string_lossy();
             if name != "." && name != ".." && !WORK_DIR_NAMES.contains(&name.as_ref()) {
@@ -438,7 +451,7 @@ pub fn remove_tree(dir: &Dir, name: &OsStr) -> Result<(), Errno> {
 
 /// Removes everything inside `dir`.
 pub fn remove_contents(dir: &Dir) -> Result<(), Errno> {
-    for e in dir.entries()? {
+    for e in dir.entries(true)? {
         if e.name == "." || e.name == ".." {
             continue;
         }

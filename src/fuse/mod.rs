@@ -153,6 +153,18 @@ fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
 }
 
 impl OverlayFs {
+    /// How long the kernel may keep the attributes of `ino`: not at all while they can change
+    /// without a request (a file open for writing and served by passthrough: stores through
+    /// its shared mappings reach the layer's file directly), else the mount's timeout.
+    /// (Without passthrough, the kernel moves the times of a mapped store itself.)
+    fn ttl_for(&self, ino: u64) -> Duration {
+        if self.core.attr_volatile(ino) && self.passthrough.backed(ino) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
     fn reply_made(&self, made: Result<(Attr, u64, Option<u64>), Errno>, reply: ReplyEntry) {
         match made {
             Ok((attr, generation, fh)) => {
@@ -160,7 +172,11 @@ impl OverlayFs {
                     // mknod of a regular file opens nothing.
                     self.core.release(fh);
                 }
-                reply.entry(&self.ttl, &file_attr(&attr), Generation(generation))
+                reply.entry(
+                    &self.ttl_for(attr.ino),
+                    &file_attr(&attr),
+                    Generation(generation),
+                )
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -176,6 +192,19 @@ impl Filesystem for OverlayFs {
             .is_err()
         {
             log::debug!("kernel lacks FUSE_PARALLEL_DIROPS");
+        }
+        // No file handles that could outlive the kernel's inode cache: a node forgotten by
+        // the kernel cannot be found again from its number alone, so name_to_handle_at is
+        // refused (EOPNOTSUPP), as on the kernel overlay without nfs_export. Handles for
+        // identification only (AT_HANDLE_FID, fanotify) still work.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_NO_EXPORT_SUPPORT)
+            .is_err()
+        {
+            log::warn!(
+                "kernel lacks FUSE_NO_EXPORT_SUPPORT (Linux 6.9+): name_to_handle_at gives \
+                 handles that go stale once the kernel drops an inode"
+            );
         }
         // Listings carry each entry's attributes, so a walk that stats what it lists needs
         // no lookup round trips; the kernel asks for them only while the caller looks
@@ -224,9 +253,11 @@ impl Filesystem for OverlayFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok((attr, generation)) => {
-                reply.entry(&self.ttl, &file_attr(&attr), Generation(generation))
-            }
+            Ok((attr, generation)) => reply.entry(
+                &self.ttl_for(attr.ino),
+                &file_attr(&attr),
+                Generation(generation),
+            ),
             Err(Errno::ENOENT) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
@@ -238,7 +269,7 @@ impl Filesystem for OverlayFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl_for(attr.ino), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -273,7 +304,7 @@ impl Filesystem for OverlayFs {
             .core
             .setattr(ino.0, fh.map(|f| f.0), &set, &RequestPrivileges(req))
         {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl_for(attr.ino), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -376,9 +407,11 @@ impl Filesystem for OverlayFs {
         reply: ReplyEntry,
     ) {
         match self.core.link(ino.0, newparent.0, newname) {
-            Ok((attr, generation)) => {
-                reply.entry(&self.ttl, &file_attr(&attr), Generation(generation))
-            }
+            Ok((attr, generation)) => reply.entry(
+                &self.ttl_for(attr.ino),
+                &file_attr(&attr),
+                Generation(generation),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -395,6 +428,10 @@ impl Filesystem for OverlayFs {
             OpenIo::Backed(id) => reply.opened_passthrough(FileHandle(fh), FILE_OPEN, &id),
             // Cached pages stay valid: lower layers are frozen for the mount's life, and the
             // upper changes only through this mount.
+            // (Not under strictatime: every open's reads must reach the daemon.)
+            OpenIo::Cached if self.core.reads_touch_atime() => {
+                reply.opened(FileHandle(fh), FILE_OPEN)
+            }
             OpenIo::Cached => {
                 reply.opened(FileHandle(fh), FILE_OPEN | FopenFlags::FOPEN_KEEP_CACHE)
             }
@@ -550,7 +587,7 @@ impl Filesystem for OverlayFs {
                     INodeNo(entry.ino),
                     next,
                     &entry.name,
-                    &self.ttl,
+                    &self.ttl_for(entry.ino),
                     &attr,
                     Generation(*generation),
                 )
@@ -648,12 +685,13 @@ impl Filesystem for OverlayFs {
         match made {
             Ok((attr, generation, Some(fh))) => {
                 let (attr, generation) = (file_attr(&attr), Generation(generation));
-                match self
+                let io = self
                     .passthrough
-                    .choose(&self.core, attr.ino.0, fh, |f| reply.open_backing(f))
-                {
+                    .choose(&self.core, attr.ino.0, fh, |f| reply.open_backing(f));
+                let ttl = self.ttl_for(attr.ino.0);
+                match io {
                     OpenIo::Backed(id) => reply.created_passthrough(
-                        &self.ttl,
+                        &ttl,
                         &attr,
                         generation,
                         FileHandle(fh),
@@ -661,7 +699,7 @@ impl Filesystem for OverlayFs {
                         &id,
                     ),
                     OpenIo::Cached => {
-                        reply.created(&self.ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
+                        reply.created(&ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
                     }
                 }
             }

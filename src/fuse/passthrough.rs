@@ -155,6 +155,13 @@ impl Passthrough {
         }
     }
 
+    /// True while open files of `ino` do their I/O in the kernel, on a backing file.
+    pub fn backed(&self, ino: u64) -> bool {
+        self.inodes
+            .get(&ino)
+            .is_some_and(|s| matches!(s.io, OpenIo::Backed(_)))
+    }
+
     /// Notes that an open file of inode `ino` was closed.
     pub fn release(&self, ino: u64) {
         if !self.negotiated.load(Ordering::Acquire) {

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use nix::unistd::{ForkResult, Pid};
 
+use super::mount::{mount_setattr, MountAttr};
 use super::{check, cstr, Errno};
 
 /// Opens `path` relative to `root` as if `root` were `/`: absolute symlinks and `..` in the
@@ -197,14 +198,6 @@ pub fn restore_sigpipe() -> Result<(), Errno> {
     Ok(())
 }
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -226,20 +219,12 @@ pub fn restrict_mount_tree(path: &Path, readonly: bool, nosuid_nodev: bool) -> R
         propagation: 0,
         userns_fd: 0,
     };
-    // SAFETY: `c` is NUL-terminated and `attr` a fully initialised mount_attr whose size is
-    // passed; the kernel only reads both.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    check(ret)?;
-    Ok(())
+    mount_setattr(
+        libc::AT_FDCWD,
+        &c,
+        libc::AT_RECURSIVE as libc::c_uint,
+        &attr,
+    )
 }
 
 /// Gives this process a new, empty session keyring, so the container cannot read the keys of

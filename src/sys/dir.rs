@@ -40,6 +40,23 @@ pub(super) fn openat2(
     openat2_resolving(dir, path, flags, mode, RESOLVE_IN_LAYER)
 }
 
+/// [`openat2`], with `O_NOATIME` where `noatime` asks for it and the kernel allows it
+/// (`EPERM` for a file the daemon neither owns nor may act as the owner of).
+fn open_maybe_noatime(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    noatime: bool,
+) -> Result<OwnedFd, Errno> {
+    if noatime {
+        match openat2(dir, path, flags | libc::O_NOATIME, 0) {
+            Err(Errno::EPERM) => {}
+            r => return r,
+        }
+    }
+    openat2(dir, path, flags, 0)
+}
+
 /// openat2(2) with the `RESOLVE_*` rules `resolve`; the descriptor is close-on-exec.
 pub(super) fn openat2_resolving(
     dir: BorrowedFd<'_>,
@@ -98,6 +115,11 @@ fn fstatat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<Stat, Errno> 
 }
 
 impl Dir {
+    /// The directory `fd` refers to (a layer root opened another way, see [`super::mount`]).
+    pub(super) fn from_fd(fd: OwnedFd) -> Dir {
+        Dir { fd }
+    }
+
     /// Opens a layer root by the path the user gave (the one place a path is followed as is).
     pub fn open_root(path: &Path) -> Result<Dir, Errno> {
         let c = cstr(path.as_os_str().as_bytes())?;
@@ -145,9 +167,11 @@ impl Dir {
         fstatat(self.fd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW)
     }
 
-    /// Every entry of this directory, `.` and `..` included, in on-disk order.
-    pub fn entries(&self) -> Result<Vec<RawEntry>, Errno> {
-        let fd = openat2(self.fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    /// Every entry of this directory, `.` and `..` included, in on-disk order; with
+    /// `noatime`, leaving its access time as it is where the daemon may.
+    pub fn entries(&self, noatime: bool) -> Result<Vec<RawEntry>, Errno> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let fd = open_maybe_noatime(self.fd.as_fd(), c".", flags, noatime)?;
         dirent::read_all(fd)
     }
 
@@ -155,6 +179,20 @@ impl Dir {
     pub fn open_file(&self, name: &OsStr, flags: i32) -> Result<OpenedFile, Errno> {
         let c = component(name)?;
         let fd = openat2(self.fd.as_fd(), &c, flags | libc::O_NOFOLLOW, 0)?;
+        Ok(File::from(fd))
+    }
+
+    /// As [`Dir::open_file`]; with `noatime`, reads through the descriptor leave the access
+    /// time as it is, where the daemon may ask for that (it owns the file, or holds
+    /// `CAP_FOWNER`; else reads update it as usual).
+    pub fn open_file_atime(
+        &self,
+        name: &OsStr,
+        flags: i32,
+        noatime: bool,
+    ) -> Result<OpenedFile, Errno> {
+        let c = component(name)?;
+        let fd = open_maybe_noatime(self.fd.as_fd(), &c, flags | libc::O_NOFOLLOW, noatime)?;
         Ok(File::from(fd))
     }
 

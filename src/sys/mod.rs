@@ -14,6 +14,7 @@ mod dirwrite;
 pub mod file;
 pub mod fusedev;
 pub mod lock;
+pub mod mount;
 pub mod process;
 mod stat;
 mod xattr;
