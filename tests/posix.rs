@@ -22,16 +22,23 @@ fn pause() {
     std::thread::sleep(Duration::from_millis(30));
 }
 
-/// Writes through a shared mapping of `p` and says, at each step, whether mtime and ctime
+/// Writes through a shared mapping of `p` (made 8 KiB long if it is missing) and says, at
+/// each step, whether mtime and ctime
 /// moved since the step before: the first store, msync, a store after msync, munmap and
 /// close.
 fn mapped_writes(p: &Path) -> Vec<(&'static str, bool, bool)> {
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .create(true)
+        .truncate(false)
         .open(p)
         .unwrap();
     let len = 8192;
+    if f.metadata().unwrap().len() < len as u64 {
+        // Created here: its first attributes come with the create reply.
+        f.set_len(len as u64).unwrap();
+    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
     // SAFETY: a fresh shared mapping of a file at least `len` long, unmapped below.
     let map = unsafe {
@@ -80,7 +87,7 @@ fn times_of_writes_through_a_shared_mapping_move_as_on_the_kernel_overlay() {
     for m in [pair.o(""), pair.k("")] {
         fs::write(m.join("upper"), vec![b'u'; 8192]).unwrap();
     }
-    for name in ["lower", "upper"] {
+    for name in ["lower", "upper", "created"] {
         let ours = mapped_writes(&pair.o(name));
         let kernel = mapped_writes(&pair.k(name));
         assert_eq!(ours, kernel, "{name}: (step, mtime moved, ctime moved)");

@@ -89,8 +89,7 @@ impl Overlay {
     ///
     /// While a writer is open, the times of the object can change with no request at all
     /// (a store through a shared mapping of a passthrough file): its attributes are then
-    /// [`Overlay::attr_volatile`], and those the kernel cached before are dropped now and
-    /// again when the last writer closes.
+    /// [`Overlay::attr_volatile`].
     pub(super) fn add_handle(
         &self,
         node: Arc<Node>,
@@ -101,7 +100,6 @@ impl Overlay {
     ) -> u64 {
         if writer {
             node.add_writer();
-            self.invalidate(node.id);
         }
         let fh = self
             .next_handle
@@ -284,13 +282,17 @@ impl Overlay {
         None
     }
 
-    /// Closes open file `fh`.
-    pub fn release(&self, fh: u64) {
-        if let Some((_, h)) = self.files.remove(&fh) {
-            if h.writer && h.node.drop_writer() {
-                self.invalidate(h.node.id);
-            }
-        }
+    /// Closes open file `fh`; true when it was the last one open for writing of its object.
+    pub fn release(&self, fh: u64) -> bool {
+        self.files
+            .remove(&fh)
+            .is_some_and(|(_, h)| h.writer && h.node.drop_writer())
+    }
+
+    /// Drops what the kernel caches of the attributes of `ino` (they changed without a
+    /// request: stores through a shared mapping of a passthrough file).
+    pub fn drop_cached_attrs(&self, ino: u64) {
+        self.invalidate(ino);
     }
 
     /// True while the attributes of `ino` can change without a request (see

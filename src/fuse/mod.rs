@@ -165,6 +165,17 @@ impl OverlayFs {
         }
     }
 
+    /// Answers a lookup (or a make, a link) with `attr`: the entry kept for the mount's
+    /// timeout, the attributes as [`OverlayFs::ttl_for`] says.
+    fn reply_entry(&self, reply: ReplyEntry, attr: &Attr, generation: u64) {
+        reply.entry_with_ttls(
+            &self.ttl_for(attr.ino),
+            &self.ttl,
+            &file_attr(attr),
+            Generation(generation),
+        )
+    }
+
     fn reply_made(&self, made: Result<(Attr, u64, Option<u64>), Errno>, reply: ReplyEntry) {
         match made {
             Ok((attr, generation, fh)) => {
@@ -172,11 +183,7 @@ impl OverlayFs {
                     // mknod of a regular file opens nothing.
                     self.core.release(fh);
                 }
-                reply.entry(
-                    &self.ttl_for(attr.ino),
-                    &file_attr(&attr),
-                    Generation(generation),
-                )
+                self.reply_entry(reply, &attr, generation)
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -253,11 +260,7 @@ impl Filesystem for OverlayFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok((attr, generation)) => reply.entry(
-                &self.ttl_for(attr.ino),
-                &file_attr(&attr),
-                Generation(generation),
-            ),
+            Ok((attr, generation)) => self.reply_entry(reply, &attr, generation),
             Err(Errno::ENOENT) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
@@ -407,11 +410,7 @@ impl Filesystem for OverlayFs {
         reply: ReplyEntry,
     ) {
         match self.core.link(ino.0, newparent.0, newname) {
-            Ok((attr, generation)) => reply.entry(
-                &self.ttl_for(attr.ino),
-                &file_attr(&attr),
-                Generation(generation),
-            ),
+            Ok((attr, generation)) => self.reply_entry(reply, &attr, generation),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -425,7 +424,14 @@ impl Filesystem for OverlayFs {
             .passthrough
             .choose(&self.core, ino.0, fh, |f| reply.open_backing(f))
         {
-            OpenIo::Backed(id) => reply.opened_passthrough(FileHandle(fh), FILE_OPEN, &id),
+            OpenIo::Backed(id) => {
+                // Stores through its mappings will bypass the daemon: attributes cached
+                // before this open must go (while it is open none are cached, see ttl_for).
+                if self.core.attr_volatile(ino.0) {
+                    self.core.drop_cached_attrs(ino.0);
+                }
+                reply.opened_passthrough(FileHandle(fh), FILE_OPEN, &id)
+            }
             // Cached pages stay valid: lower layers are frozen for the mount's life, and the
             // upper changes only through this mount.
             // (Not under strictatime: every open's reads must reach the daemon.)
@@ -529,7 +535,11 @@ impl Filesystem for OverlayFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(fh.0);
+        let backed = self.passthrough.backed(ino.0);
+        if self.core.release(fh.0) && backed {
+            // The last writer closed: what its mappings stored shows at the next stat.
+            self.core.drop_cached_attrs(ino.0);
+        }
         self.passthrough.release(ino.0);
         reply.ok();
     }
@@ -688,18 +698,22 @@ impl Filesystem for OverlayFs {
                 let io = self
                     .passthrough
                     .choose(&self.core, attr.ino.0, fh, |f| reply.open_backing(f));
-                let ttl = self.ttl_for(attr.ino.0);
                 match io {
-                    OpenIo::Backed(id) => reply.created_passthrough(
-                        &ttl,
-                        &attr,
-                        generation,
-                        FileHandle(fh),
-                        FILE_OPEN,
-                        &id,
-                    ),
+                    OpenIo::Backed(id) => {
+                        reply.created_passthrough(
+                            &self.ttl,
+                            &attr,
+                            generation,
+                            FileHandle(fh),
+                            FILE_OPEN,
+                            &id,
+                        );
+                        // The entry stays cached, the attributes not while it is open for
+                        // writing (see ttl_for): dropped once the kernel has them.
+                        self.core.drop_cached_attrs(attr.ino.0);
+                    }
                     OpenIo::Cached => {
-                        reply.created(&ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
+                        reply.created(&self.ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
                     }
                 }
             }
