@@ -23,9 +23,8 @@ fn pause() {
 }
 
 /// Writes through a shared mapping of `p` (made 8 KiB long if it is missing) and says, at
-/// each step, whether mtime and ctime
-/// moved since the step before: the first store, msync, a store after msync, munmap and
-/// close.
+/// each step, whether mtime and ctime moved since the step before: the first store, msync,
+/// a store after msync, munmap and close.
 fn mapped_writes(p: &Path) -> Vec<(&'static str, bool, bool)> {
     let f = fs::OpenOptions::new()
         .read(true)
