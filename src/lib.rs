@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod diff;
 pub mod error;
 pub mod fs;
 pub mod fuse;

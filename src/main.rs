@@ -5,7 +5,7 @@ use overlayfuse::cli::{self, Command};
 use overlayfuse::config::run::RunConfig;
 use overlayfuse::config::MountConfig;
 use overlayfuse::error::Error;
-use overlayfuse::{daemon, demo, logger, runtime};
+use overlayfuse::{daemon, demo, diff, logger, runtime};
 
 fn run() -> Result<(), Error> {
     match cli::parse(std::env::args_os().collect())? {
@@ -16,6 +16,7 @@ fn run() -> Result<(), Error> {
         Command::Mount(args) => daemon::mount(&MountConfig::from_args(&args)?),
         Command::Umount(path) => daemon::umount(&path),
         Command::Demo => demo::run(),
+        Command::Diff(args) => diff::run(&args),
         Command::Run(args) => {
             let cfg = RunConfig::from_args(&args)?;
             let code = runtime::run(&cfg)?;

@@ -291,9 +291,11 @@ fn image_tree(from: &Store, image: &str, kernel: Option<&Store>, scratch: &Path)
     t
 }
 
-/// What a flow saw: `podman diff` of the changed container, and the image trees.
+/// What a flow saw: `podman diff` of the changed container, `overlayfuse diff` of its layers,
+/// and the image trees.
 struct Seen {
     diff: Vec<String>,
+    layer_diff: Vec<String>,
     images: BTreeMap<&'static str, BTreeMap<PathBuf, Entry>>,
 }
 
@@ -310,6 +312,18 @@ const MOUNT_PROGRAM_DIFF: [&str; 9] = [
     "C /etc",
     "D /base/gone/sub",
     "D /base/rmfile",
+];
+
+/// What podman puts in every container's upper layer and leaves out of `podman diff`.
+const PODMAN_OWN: [&str; 8] = [
+    "/dev",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/mtab",
+    "/proc",
+    "/run",
+    "/run/.containerenv",
+    "/sys",
 ];
 
 /// The whole flow on store `s`; trees are read through `kernel`, a root store of podman's
@@ -346,6 +360,22 @@ fn flow(label: &str, s: &Store, kernel: Option<&Store>, work: &Path) -> Seen {
     s.run(&["exec", &ctr, "sh", "-c", CHANGES]);
     let mut diff: Vec<String> = s.run(&["diff", &ctr]).lines().map(str::to_owned).collect();
     diff.sort();
+    println!("[{label}] overlayfuse diff of the container's upper and lower layers");
+    let layers = s.run(&[
+        "inspect",
+        "--format",
+        "{{.GraphDriver.Data.LowerDir}} {{.GraphDriver.Data.UpperDir}}",
+        &ctr,
+    ]);
+    let (lower, upper) = layers.split_once(' ').expect("LowerDir and UpperDir");
+    let out =
+        must(Command::new(crate::util::bin()).args(["diff", "--lower", lower, "--upper", upper]));
+    let mut layer_diff: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !PODMAN_OWN.contains(&&l[2..]))
+        .map(str::to_owned)
+        .collect();
+    layer_diff.sort();
     println!("[{label}] commit of that container");
     s.run(&["commit", "-q", &ctr, "changed:1"]);
     s.run(&["rm", "-f", "-t", "0", &ctr]);
@@ -402,7 +432,11 @@ fn flow(label: &str, s: &Store, kernel: Option<&Store>, work: &Path) -> Seen {
         out, "artifact\nagain",
         "[{label}] a container of the loaded image"
     );
-    Seen { diff, images }
+    Seen {
+        diff,
+        layer_diff,
+        images,
+    }
 }
 
 /// What every flow is checked against: the base rootfs and its Containerfile, the same steps
@@ -446,6 +480,11 @@ impl Setup {
         println!(
             "[kernel driver] diff of the changed container: {:?}",
             k.diff
+        );
+        // podman's kernel driver reads the upper dir too: the two must agree.
+        assert_eq!(
+            k.layer_diff, k.diff,
+            "overlayfuse diff (left) and podman diff (right) of the kernel driver's layers"
         );
         Setup {
             scratch,
@@ -493,6 +532,10 @@ impl Setup {
         println!("[{label}] podman diff: compared with what podman's tree walk must report");
         if o.diff != MOUNT_PROGRAM_DIFF {
             failures.push(format!("[{label}] podman diff: {:?}", o.diff));
+        }
+        println!("[{label}] overlayfuse diff of the layers we wrote: as podman's kernel driver");
+        if o.layer_diff != self.k.diff {
+            failures.push(format!("[{label}] overlayfuse diff: {:?}", o.layer_diff));
         }
         for (image, want) in &self.k.images {
             println!("[{label}] {image}: compared with podman's kernel overlay driver");

@@ -9,6 +9,7 @@ mod backing;
 mod cache;
 mod cli;
 mod crash;
+mod diff;
 mod options;
 mod passthrough;
 mod podman;

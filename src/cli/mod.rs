@@ -46,8 +46,25 @@ pub enum Command {
     Demo,
     /// Run a command in a container whose root is the merged tree.
     Run(Box<RunArgs>),
+    /// List what an upper layer changes in its lowers.
+    Diff(DiffArgs),
     /// Print this text (help or version) and exit 0.
     Print(String),
+}
+
+/// A `diff` request as written.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct DiffArgs {
+    /// Lower layers, colon-separated, topmost first (`\:` for a colon in a path).
+    #[arg(long, value_name = "DIR[:DIR...]")]
+    pub lower: String,
+    /// The upper layer whose changes to list.
+    #[arg(long, value_name = "DIR")]
+    pub upper: PathBuf,
+    /// `text`: a line per change, `A`, `C` or `D` and the path, as `podman diff` prints
+    /// them; `json`: `{"changed":[...],"added":[...],"deleted":[...]}`.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
 }
 
 /// A `run` request as written, before validation (see `config::run`).
@@ -182,6 +199,10 @@ enum Sub {
     /// command's, 128+N if a signal N killed it, 125 when the container cannot be set up.
     #[command(after_help = RUN_EXAMPLES)]
     Run(Box<RunArgs>),
+    /// List what an upper layer changes in its lowers, as `podman diff` does for a container:
+    /// `A` added, `C` changed, `D` deleted, one path a line (no mount needed; every marker
+    /// format is read).
+    Diff(DiffArgs),
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -193,7 +214,9 @@ Examples:
 As a user other than root, the container runs in a user namespace that maps the user to root
 and, through newuidmap/newgidmap, the user's /etc/subuid and /etc/subgid ranges to 1 and up.";
 
-const SUBCOMMANDS: [&str; 7] = ["mount", "umount", "demo", "run", "help", "--help", "-h"];
+const SUBCOMMANDS: [&str; 8] = [
+    "mount", "umount", "demo", "run", "diff", "help", "--help", "-h",
+];
 
 /// Parses the whole argv (program name first).
 ///
@@ -256,6 +279,7 @@ fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
         Sub::Umount { mountpoint } => Command::Umount(mountpoint),
         Sub::Demo => Command::Demo,
         Sub::Run(args) => Command::Run(args),
+        Sub::Diff(args) => Command::Diff(args),
     })
 }
 

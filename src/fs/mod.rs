@@ -7,6 +7,7 @@ pub mod acl;
 pub mod attr;
 mod compact;
 mod copyup;
+pub mod diff;
 mod dircache;
 mod handle;
 pub mod ident;
