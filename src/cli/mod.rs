@@ -136,12 +136,15 @@ Examples:
   overlayfuse umount /mnt/merged
   overlayfuse run --lower /img/top:/img/base --hostname box -- /bin/sh
       a container whose root is the merged tree (see 'overlayfuse run --help')
+  overlayfuse diff --lower /img/base --upper /c/upper
+      what /c/upper changes in /img/base: A, C or D and the path, one a line
   overlayfuse demo
 
 Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, debug,
   threaded=N, timeout=SECONDS, max_inodes=N (cached inodes kept before the oldest unused
   ones are dropped; default 262144, 0: no limit; needs Linux 6.18), readahead=N (subdirectories
-  read ahead of a tree walk; default 8, 0: none), dev, nodev, suid, nosuid, exec, noexec, atime, noatime,
+  read ahead of a tree walk; default 8, 0: none), dev, nodev, suid, nosuid, exec, noexec,
+  relatime, strictatime, noatime, atime,
   allow_other, fsync=0|1, volatile, markers=auto|kernel|userxattr|aufs (how whiteouts and
   opaque dirs are written; userxattr is a synonym of markers=userxattr), passthrough=auto|on|off,
   uidmapping=DISK:SHOWN:LEN[:...], gidmapping=..., squash_to_root, squash_to_uid=N,
