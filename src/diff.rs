@@ -12,18 +12,7 @@ use crate::fs::Layer;
 
 /// Lists the changes `args.upper` makes to `args.lower` on stdout.
 pub fn run(args: &DiffArgs) -> Result<(), Error> {
-    let paths = split_layers(&args.lower, "--lower")?;
-    if paths.iter().any(|p| same_dir(p, &args.upper)) {
-        return Err(Error::invalid(format!(
-            "'{}' is given as --upper and as a --lower layer: give each layer once",
-            args.upper.display()
-        )));
-    }
-    let mut lowers = Vec::with_capacity(paths.len());
-    for (i, path) in paths.iter().enumerate() {
-        lowers.push(open(i, path, "--lower layer")?);
-    }
-    let upper = open(0, &args.upper, "--upper")?;
+    let (upper, lowers) = open_layers(&args.lower, &args.upper)?;
     let found = changes(&upper, &lowers).map_err(|e| {
         Error::runtime(format!(
             "cannot read the layers of '{}': {e}",
@@ -46,6 +35,23 @@ pub fn run(args: &DiffArgs) -> Result<(), Error> {
     // A closed pipe (`| head`) ends the listing quietly.
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     Ok(())
+}
+
+/// Opens the upper layer `upper` and the lowers `lower` (a `--lower` list), each lower at
+/// its position; one-line errors for a missing, non-directory or repeated layer.
+pub(crate) fn open_layers(lower: &str, upper: &Path) -> Result<(Layer, Vec<Layer>), Error> {
+    let paths = split_layers(lower, "--lower")?;
+    if paths.iter().any(|p| same_dir(p, upper)) {
+        return Err(Error::invalid(format!(
+            "'{}' is given as --upper and as a --lower layer: give each layer once",
+            upper.display()
+        )));
+    }
+    let mut lowers = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        lowers.push(open(i, path, "--lower layer")?);
+    }
+    Ok((open(0, upper, "--upper")?, lowers))
 }
 
 /// Opens layer `path` (`what` in messages) as position `index`.

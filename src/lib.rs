@@ -11,6 +11,7 @@
 
 pub mod claim;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod logger;
+pub mod oci;
 pub mod preflight;
 pub mod runtime;
 pub mod sys;

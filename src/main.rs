@@ -5,7 +5,7 @@ use overlayfuse::cli::{self, Command};
 use overlayfuse::config::run::RunConfig;
 use overlayfuse::config::MountConfig;
 use overlayfuse::error::Error;
-use overlayfuse::{daemon, demo, diff, logger, runtime};
+use overlayfuse::{commit, daemon, demo, diff, logger, runtime};
 
 fn run() -> Result<(), Error> {
     match cli::parse(std::env::args_os().collect())? {
@@ -17,6 +17,7 @@ fn run() -> Result<(), Error> {
         Command::Umount(path) => daemon::umount(&path),
         Command::Demo => demo::run(),
         Command::Diff(args) => diff::run(&args),
+        Command::Commit(args) => commit::run(&args),
         Command::Run(args) => {
             let cfg = RunConfig::from_args(&args)?;
             let code = runtime::run(&cfg)?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::util::{self, Layer, Opq, Pair, Wh};
 
 /// Two lowers: `top` with its own whiteout and an opaque directory, `base` below.
-fn lowers() -> Vec<Layer> {
+pub(crate) fn lowers() -> Vec<Layer> {
     vec![
         Layer::default()
             .file("etc/top", "t")
@@ -34,7 +34,7 @@ fn lowers() -> Vec<Layer> {
 }
 
 /// The same changes on the merged tree at `m`.
-fn change(m: &Path) {
+pub(crate) fn change(m: &Path) {
     fs::write(m.join("new"), "new").unwrap();
     fs::create_dir_all(m.join("newdir/sub")).unwrap();
     fs::write(m.join("newdir/sub/f"), "f").unwrap();

@@ -8,6 +8,7 @@ mod acl;
 mod backing;
 mod cache;
 mod cli;
+mod commit;
 mod crash;
 mod diff;
 mod options;

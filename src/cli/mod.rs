@@ -48,8 +48,24 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// List what an upper layer changes in its lowers.
     Diff(DiffArgs),
+    /// Write an upper layer as an OCI layer tarball.
+    Commit(CommitArgs),
     /// Print this text (help or version) and exit 0.
     Print(String),
+}
+
+/// A `commit` request as written.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct CommitArgs {
+    /// Lower layers, colon-separated, topmost first (`\:` for a colon in a path).
+    #[arg(long, value_name = "DIR[:DIR...]")]
+    pub lower: String,
+    /// The upper layer to write.
+    #[arg(long, value_name = "DIR")]
+    pub upper: PathBuf,
+    /// The layer file: `.tar`, `.tar.gz` (or `.tgz`) or `.tar.zst`, replaced atomically.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 /// A `diff` request as written.
@@ -138,6 +154,8 @@ Examples:
       a container whose root is the merged tree (see 'overlayfuse run --help')
   overlayfuse diff --lower /img/base --upper /c/upper
       what /c/upper changes in /img/base: A, C or D and the path, one a line
+  overlayfuse commit --lower /img/base --upper /c/upper -o layer.tar.gz
+      the same changes as an OCI layer tarball (.tar, .tar.gz or .tar.zst)
   overlayfuse demo
 
 Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, debug,
@@ -206,6 +224,11 @@ enum Sub {
     /// `A` added, `C` changed, `D` deleted, one path a line (no mount needed; every marker
     /// format is read).
     Diff(DiffArgs),
+    /// Write what an upper layer changes in its lowers as an OCI layer tarball: changed and
+    /// added objects whole (owner, mode, mtime, xattrs, hard links, devices, fifos),
+    /// deletions as `.wh.NAME`, directories made anew with `.wh..wh..opq`; the same layers
+    /// give the same bytes.
+    Commit(CommitArgs),
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -217,8 +240,8 @@ Examples:
 As a user other than root, the container runs in a user namespace that maps the user to root
 and, through newuidmap/newgidmap, the user's /etc/subuid and /etc/subgid ranges to 1 and up.";
 
-const SUBCOMMANDS: [&str; 8] = [
-    "mount", "umount", "demo", "run", "diff", "help", "--help", "-h",
+const SUBCOMMANDS: [&str; 9] = [
+    "mount", "umount", "demo", "run", "diff", "commit", "help", "--help", "-h",
 ];
 
 /// Parses the whole argv (program name first).
@@ -283,6 +306,7 @@ fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
         Sub::Demo => Command::Demo,
         Sub::Run(args) => Command::Run(args),
         Sub::Diff(args) => Command::Diff(args),
+        Sub::Commit(args) => Command::Commit(args),
     })
 }
 

@@ -28,6 +28,9 @@ pub enum ChangeKind {
     Added,
     /// It was deleted: `D`.
     Deleted,
+    /// It was deleted, then made anew as a directory that hides what was below (an opaque
+    /// one): `D`, its entries `A`.
+    Remade,
 }
 
 impl ChangeKind {
@@ -36,7 +39,7 @@ impl ChangeKind {
         match self {
             ChangeKind::Changed => 'C',
             ChangeKind::Added => 'A',
-            ChangeKind::Deleted => 'D',
+            ChangeKind::Deleted | ChangeKind::Remade => 'D',
         }
     }
 }
@@ -157,7 +160,7 @@ impl Walk<'_> {
             Some(b) if b.kind != FileKind::Directory => (Some(ChangeKind::Changed), Vec::new()),
             // Deleted and made anew: what it holds is all new.
             Some(_) if marks.opaque || Layer::has_aufs_whiteout(dir, name)? => {
-                (Some(ChangeKind::Deleted), Vec::new())
+                (Some(ChangeKind::Remade), Vec::new())
             }
             Some(b) => {
                 let same =
@@ -219,7 +222,9 @@ pub fn to_json(changes: &[Change]) -> String {
     ] {
         let paths: Vec<String> = changes
             .iter()
-            .filter(|c| c.kind == kind)
+            .filter(|c| {
+                c.kind == kind || kind == ChangeKind::Deleted && c.kind == ChangeKind::Remade
+            })
             .map(|c| json_string(c.path.as_os_str().as_bytes()))
             .collect();
         if !paths.is_empty() {

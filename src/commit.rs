@@ -1,0 +1,68 @@
+//! `overlayfuse commit`: an upper layer written as an OCI layer tarball
+//! ([`crate::oci::layer`]), compressed as the file name says, and put in place atomically.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use crate::cli::CommitArgs;
+use crate::diff::open_layers;
+use crate::error::Error;
+use crate::oci::layer::{write_layer, LayerError};
+use crate::oci::Compression;
+
+/// Writes the layer of `args.upper` over `args.lower` to `args.output`.
+pub fn run(args: &CommitArgs) -> Result<(), Error> {
+    let out = &args.output;
+    let compression = Compression::of(out).ok_or_else(|| {
+        Error::usage(format!(
+            "-o '{}': the name must end in .tar, .tar.gz (or .tgz) or .tar.zst, which says \
+             how to compress the layer",
+            out.display()
+        ))
+    })?;
+    let (upper, lowers) = open_layers(&args.lower, &args.upper)?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let written = (|| -> Result<_, LayerError> {
+        let file = File::create(&tmp)?;
+        let (written, buf) =
+            compression.wrap(BufWriter::new(file), |w| write_layer(&upper, &lowers, w))?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| LayerError::Write(e.into_error()))?;
+        file.sync_all()?;
+        Ok(written)
+    })();
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(match e {
+                LayerError::Read(path, errno) => Error::runtime(format!(
+                    "cannot read '/{path}' of the upper layer '{}': {errno}",
+                    args.upper.display()
+                )),
+                LayerError::Write(e) => {
+                    Error::runtime(format!("cannot write '{}': {e}", out.display()))
+                }
+            });
+        }
+    };
+    std::fs::rename(&tmp, out).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::runtime(format!("cannot put '{}' in place: {e}", out.display()))
+    })?;
+    if written.sockets > 0 {
+        log::warn!(
+            "{} socket(s) left out of the layer: a tar archive cannot hold them",
+            written.sockets
+        );
+    }
+    log::info!("{}: {} entries", out.display(), written.entries);
+    Ok(())
+}
