@@ -1,5 +1,6 @@
 //! `overlayfuse commit`: an upper layer written as an OCI layer tarball
-//! ([`crate::oci::layer`]), compressed as the file name says, and put in place atomically.
+//! ([`crate::oci::layer`]), compressed as the file name says, and put in place atomically;
+//! its digest and diff id are printed.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -8,6 +9,7 @@ use std::path::Path;
 use crate::cli::CommitArgs;
 use crate::diff::open_layers;
 use crate::error::Error;
+use crate::oci::digest::Hashing;
 use crate::oci::layer::{write_layer, LayerError};
 use crate::oci::Compression;
 
@@ -29,16 +31,20 @@ pub fn run(args: &CommitArgs) -> Result<(), Error> {
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
     let written = (|| -> Result<_, LayerError> {
-        let file = File::create(&tmp)?;
-        let (written, buf) =
-            compression.wrap(BufWriter::new(file), |w| write_layer(&upper, &lowers, w))?;
+        let file = Hashing::new(BufWriter::new(File::create(&tmp)?));
+        let ((written, diff_id), file) = compression.wrap(file, |w| {
+            let mut tar = Hashing::new(w);
+            let written = write_layer(&upper, &lowers, &mut tar)?;
+            Ok::<_, LayerError>((written, tar.finish().0))
+        })?;
+        let (digest, buf) = file.finish();
         let file = buf
             .into_inner()
             .map_err(|e| LayerError::Write(e.into_error()))?;
         file.sync_all()?;
-        Ok(written)
+        Ok((written, digest, diff_id))
     })();
-    let written = match written {
+    let (written, digest, diff_id) = match written {
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -64,5 +70,7 @@ pub fn run(args: &CommitArgs) -> Result<(), Error> {
         );
     }
     log::info!("{}: {} entries", out.display(), written.entries);
+    // The blob's digest (of the file as written) and its diff id (of the tar inside).
+    println!("digest {digest}\ndiff_id {diff_id}");
     Ok(())
 }

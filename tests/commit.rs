@@ -10,8 +10,9 @@ use std::process::Command;
 use crate::diff::{change, lowers};
 use crate::util::{self, tree, Pair};
 
-/// Commits `upper` over `lowers` to `out`; panics with the error on failure.
-fn commit(lowers: &[PathBuf], upper: &Path, out: &Path) {
+/// Commits `upper` over `lowers` to `out`; panics with the error on failure. Returns what it
+/// printed.
+fn commit(lowers: &[PathBuf], upper: &Path, out: &Path) -> String {
     let lower = lowers
         .iter()
         .map(|p| p.to_str().unwrap())
@@ -27,6 +28,20 @@ fn commit(lowers: &[PathBuf], upper: &Path, out: &Path) {
         out.to_str().unwrap(),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    String::from_utf8(r.stdout).unwrap()
+}
+
+/// `sha256:` and the digest sha256sum gives of `data`.
+fn sha256(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
 }
 
 /// The entries of tar file `t` as GNU tar lists them with xattrs, times left out (ours and
@@ -134,6 +149,15 @@ fn commit_writes_the_same_layer_from_every_marker_format_and_it_unpacks_to_the_t
             unzstd.stdout, plain,
             "{format}: .tar.zst holds the same tar"
         );
+        // What it prints: the digest of the file, the diff id of the tar inside.
+        let zst = s.path("a-layer.tar.zst");
+        let printed = commit(&[s.path("o0"), s.path("o1")], &s.path("ou"), &zst);
+        let want = format!(
+            "digest {}\ndiff_id {}\n",
+            sha256(&fs::read(&zst).unwrap()),
+            sha256(&plain)
+        );
+        assert_eq!(printed, want, "{format}");
     }
 }
 

@@ -1,6 +1,8 @@
 //! OCI image pieces: layer tarballs written from an upper layer ([`layer`]), with the tar
-//! writer they need ([`tar`]) and the compressions the image format names.
+//! writer they need ([`tar`]), the compressions the image format names and the digests it
+//! names blobs by ([`digest`]).
 
+pub mod digest;
 pub mod layer;
 pub mod tar;
 
