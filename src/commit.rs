@@ -31,7 +31,9 @@ pub fn run(args: &CommitArgs) -> Result<(), Error> {
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
     let written = (|| -> Result<_, LayerError> {
-        let file = Hashing::new(BufWriter::new(File::create(&tmp)?));
+        // A new file only: a name planted there (a symlink) is never followed.
+        let created = File::options().write(true).create_new(true).open(&tmp)?;
+        let file = Hashing::new(BufWriter::new(created));
         let ((written, diff_id), file) = compression.wrap(file, |w| {
             let mut tar = Hashing::new(w);
             let written = write_layer(&upper, &lowers, &mut tar)?;

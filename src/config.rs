@@ -230,18 +230,6 @@ impl MountConfig {
                 cfg.upper = Some((absolute(&u, "upperdir")?, absolute(&w, "workdir")?));
             }
         }
-        if cfg.view.atime == Atime::Strict {
-            // Every read must reach the daemon to update the access time.
-            cfg.passthrough = match cfg.passthrough {
-                PassthroughMode::On => {
-                    return Err(Error::usage(
-                        "passthrough=on cannot keep strictatime (reads in the kernel pass the \
-                         daemon by): give one or the other",
-                    ))
-                }
-                _ => PassthroughMode::Off,
-            };
-        }
         Ok(cfg)
     }
 

@@ -47,7 +47,8 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
     // access times touched, the upper's follow this mount's atime rule.
     let upper_atime = match cfg.view.atime {
         Atime::Never => ReadAtime::Never,
-        Atime::Relative | Atime::Strict => ReadAtime::Relative,
+        Atime::Strict => ReadAtime::Strict,
+        Atime::Relative => ReadAtime::Relative,
     };
     let mut mounts = LayerMounts::default();
     let mut layers = Vec::with_capacity(dirs.len());

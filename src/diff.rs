@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use crate::cli::optlist::split_layers;
 use crate::cli::DiffArgs;
 use crate::error::Error;
-use crate::fs::diff::{changes, to_json};
+use crate::fs::diff::{changes, to_json, DirRule};
 use crate::fs::Layer;
 
 /// Lists the changes `args.upper` makes to `args.lower` on stdout.
 pub fn run(args: &DiffArgs) -> Result<(), Error> {
     let (upper, lowers) = open_layers(&args.lower, &args.upper)?;
-    let found = changes(&upper, &lowers).map_err(|e| {
+    let found = changes(&upper, &lowers, DirRule::Podman).map_err(|e| {
         Error::runtime(format!(
             "cannot read the layers of '{}': {e}",
             args.upper.display()

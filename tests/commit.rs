@@ -83,6 +83,8 @@ fn commit_writes_the_same_layer_from_every_marker_format_and_it_unpacks_to_the_t
             fs::hard_link(m.join("new"), m.join("new-link")).unwrap();
             util::fixture::set_xattr(&m.join("new"), "user.note", b"kept");
             std::os::unix::fs::lchown(m.join("newdir"), Some(1000), Some(100)).unwrap();
+            // A lower directory whose owner alone changes: not in `diff`, but in the layer.
+            std::os::unix::fs::lchown(m.join("owned"), Some(1000), Some(100)).unwrap();
         }
         let s = &pair.scratch;
         let (ours, kernel) = (s.path("ours.tar"), s.path("kernel.tar"));
@@ -100,7 +102,8 @@ fn commit_writes_the_same_layer_from_every_marker_format_and_it_unpacks_to_the_t
             "usr/share/.wh..wh..opq",
             "new-link link to new",
             "x: 4 user.note",
-            "1000/100",
+            "1000/100 0 newdir/",
+            "1000/100 0 owned/",
         ] {
             assert!(text.contains(want), "{format}: {want} missing:\n{text}");
         }

@@ -26,6 +26,7 @@ pub(crate) fn lowers() -> Vec<Layer> {
             .file("usr/lib/x", "x")
             .file("opq/old", "o")
             .file("rmdir/f", "f")
+            .file("owned/f", "f")
             .file("gone", "g")
             .dir("moved/inner")
             .file("moved/inner/f", "f")

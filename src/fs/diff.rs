@@ -62,7 +62,11 @@ pub struct Change {
 ///   those of the one below (it was only copied up on the way to a change further down);
 /// - anything else: `A`;
 /// - a directory holding an `A` or `D` is itself `C` if it is not listed already.
-pub fn changes(upper: &Layer, lowers: &[Layer]) -> Result<Vec<Change>, Errno> {
+///
+/// With `dirs` [`DirRule::Exact`], a directory also counts as changed when its owner or its
+/// xattrs differ from the one below (what a layer must carry; `podman diff` does not list
+/// such a directory).
+pub fn changes(upper: &Layer, lowers: &[Layer], dirs: DirRule) -> Result<Vec<Change>, Errno> {
     let mut root_chain = Vec::with_capacity(lowers.len());
     for layer in lowers {
         root_chain.push(ChainDir {
@@ -70,7 +74,7 @@ pub fn changes(upper: &Layer, lowers: &[Layer]) -> Result<Vec<Change>, Errno> {
             xwhiteouts: Layer::marks(&layer.root)?.xwhiteouts,
         });
     }
-    let walk = Walk { lowers };
+    let walk = Walk { lowers, dirs };
     let mut out = Vec::new();
     let root_marks = Layer::marks(&upper.root)?;
     walk.dir(
@@ -85,8 +89,18 @@ pub fn changes(upper: &Layer, lowers: &[Layer]) -> Result<Vec<Change>, Errno> {
     Ok(out)
 }
 
+/// When a directory both below and in the upper counts as changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirRule {
+    /// Its mode, size or mtime differ (`podman diff`'s rule).
+    Podman,
+    /// Those, or its owner, or its xattrs (not the overlay's own).
+    Exact,
+}
+
 struct Walk<'a> {
     lowers: &'a [Layer],
+    dirs: DirRule,
 }
 
 impl Walk<'_> {
@@ -163,8 +177,14 @@ impl Walk<'_> {
                 (Some(ChangeKind::Remade), Vec::new())
             }
             Some(b) => {
-                let same =
+                let mut same =
                     b.top.mode == st.mode && b.top.size == st.size && b.top.mtime == st.mtime;
+                if same && self.dirs == DirRule::Exact {
+                    let lower = self.lowers[b.chain[0].layer].dir(path)?;
+                    same = b.top.uid == st.uid
+                        && b.top.gid == st.gid
+                        && visible_xattrs(&lower)? == visible_xattrs(&child)?;
+                }
                 (
                     if same {
                         None
@@ -198,6 +218,31 @@ impl Walk<'_> {
         let open = |i: usize| -> Result<Arc<LayerDir>, Errno> { self.lowers[i].dir(rel) };
         resolve_child(self.lowers, &open, chain, name)
     }
+}
+
+/// An xattr's name and value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
+/// The xattrs of directory `dir` that are not the overlay's own, sorted, with their values.
+fn visible_xattrs(dir: &Dir) -> Result<Vec<Xattr>, Errno> {
+    let list = match dir.xattr_list() {
+        Ok(list) => list,
+        Err(Errno::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if marker::is_private_xattr(name) {
+            continue;
+        }
+        match dir.xattr_get(OsStr::from_bytes(name)) {
+            Ok(v) => out.push((name.to_vec(), v)),
+            Err(Errno::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn absolute(rel: &Path) -> PathBuf {

@@ -147,20 +147,16 @@ impl Overlay {
         !on_upper || self.view.atime == Atime::Never
     }
 
-    /// True where every read must reach the daemon (`strictatime`): no passthrough, and no
-    /// page cache kept from one open to the next.
-    pub fn reads_touch_atime(&self) -> bool {
+    /// True under `strictatime`: pages of a file are not kept from one open to the next, so
+    /// every open's reads reach the layer (whose mount copy updates the access time).
+    pub fn strict_atime(&self) -> bool {
         self.view.atime == Atime::Strict
     }
 
     /// Reads up to `size` bytes at `offset` from open file `fh` (short only at end of file).
-    /// Under `strictatime` a read of an upper file updates its access time.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let h = self.handle(fh)?;
         let file = self.read_file(&h)?;
-        if self.reads_touch_atime() && h.on_upper.load(Ordering::Acquire) {
-            file::touch_atime(&file)?;
-        }
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {

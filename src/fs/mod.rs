@@ -148,16 +148,17 @@ pub struct View {
     pub atime: Atime,
 }
 
-/// When a read of an object updates its access time. Lower objects never change: they are
-/// read with `O_NOATIME`, whatever the policy.
+/// When a read of an upper object updates its access time: the rule of the private mount
+/// copy the upper layer is read through (see `crate::sys::mount`). Lower objects never
+/// change, whatever the rule (a `noatime` copy, and `O_NOATIME` opens).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Atime {
-    /// The first read after a change or a day (`relatime`): left to the upper filesystem.
+    /// The first read after a change, or a day after the last (`relatime`).
     #[default]
     Relative,
-    /// Every read the daemon serves (`strictatime`).
+    /// Every read (`strictatime`); pages are then not kept from one open to the next.
     Strict,
-    /// Never (`noatime`): upper objects are read with `O_NOATIME` too.
+    /// Never (`noatime`): upper objects are opened with `O_NOATIME` too.
     Never,
 }
 
@@ -840,23 +841,26 @@ impl Overlay {
         )?))
     }
 
-    /// Before directory `node` loses its last name: keeps its topmost real directory in
-    /// each of its open handles (see [`DirHandle::remains`]); true if it has any. The caller
-    /// then has the kernel drop the attributes it holds once the name is gone (it counts
-    /// the directory's links as 0 itself, where the kernel overlay shows a lower
-    /// directory's own count, or 1 for a merged one).
-    fn keep_open_dir(&self, node: &Node) -> bool {
-        let open = |h: &DirHandle| h.node.serial == node.serial;
-        if node.kind != FileKind::Directory || !self.dirs.iter().any(|h| open(&h)) {
-            return false;
+    /// Before directory `node` loses its last name: its topmost real directory, if it has
+    /// open handles, for [`Overlay::keep_remains`] once the name is gone.
+    fn open_remains(&self, node: &Node) -> Option<Arc<LayerDir>> {
+        if node.kind != FileKind::Directory
+            || !self.dirs.iter().any(|h| h.node.serial == node.serial)
+        {
+            return None;
         }
-        let Ok(dir) = self.layer_dir(node, &node.path(), node.top_layer()) else {
-            return false;
-        };
-        for h in self.dirs.iter().filter(|h| open(h)) {
+        self.layer_dir(node, &node.path(), node.top_layer()).ok()
+    }
+
+    /// After directory `node` lost its last name: keeps `dir` (from
+    /// [`Overlay::open_remains`]) in each of its open handles (see [`DirHandle::remains`])
+    /// and has the kernel drop the attributes it holds (it counts the links as 0 itself,
+    /// where the kernel overlay shows a lower directory's own count, or 1 for a merged one).
+    fn keep_remains(&self, node: &Node, dir: Arc<LayerDir>) {
+        for h in self.dirs.iter().filter(|h| h.node.serial == node.serial) {
             let _ = h.remains.set(dir.clone());
         }
-        true
+        self.invalidate(node.id);
     }
 
     /// Where a non-root object lives: a directory holding it and its name there (the index

@@ -339,7 +339,7 @@ impl Overlay {
         // hard-link group counts every alias, copied up or not).
         let linked_elsewhere = !is_dir && resolved.top.nlink > 1;
         let last_link = !linked_elsewhere || self.identify(&dir, name, &resolved)?.2.nlink <= 1;
-        let kept_open = is_dir && self.keep_open_dir(&node);
+        let remains = self.open_remains(&node);
         if !in_upper {
             // A lower hard link's group keeps its count in the index, as the kernel's does
             // with index=on: the group is indexed first (its data copied there) if need be.
@@ -376,8 +376,8 @@ impl Overlay {
         if last_link {
             node.mark_unlinked();
         }
-        if kept_open {
-            self.invalidate(node.id);
+        if let Some(dir) = remains {
+            self.keep_remains(&node, dir);
         }
         Ok(())
     }

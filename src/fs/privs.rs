@@ -21,6 +21,9 @@ pub trait Privileges {
     /// True when the caller is in group `gid` or holds `CAP_FSETID` over an object owned by
     /// `uid`:`gid` (the kernel's `in_group_or_capable`).
     fn in_group_or_capable(&self, uid: u32, gid: u32) -> bool;
+    /// False where the caller's credentials cannot be read (a process of another pid
+    /// namespace, `/proc` with `hidepid`): the other answers are then false.
+    fn known(&self) -> bool;
 }
 
 /// An object as a change finds it: its type, permission bits and owner.
@@ -68,7 +71,10 @@ pub fn cleared_bits(t: &Target, set: &SetAttr, who: &dyn Privileges) -> u32 {
         return asked & (libc::S_ISUID | setgid_dropped(t, who));
     }
     if set.mode.is_some() {
-        return if asked & libc::S_ISGID != 0 && !who.in_group_or_capable(t.uid, t.gid) {
+        // A mode the kernel already checked (a chmod) is kept where the caller cannot be
+        // asked about; a data change by such a caller clears, as by an unprivileged one.
+        let outside = who.known() && !who.in_group_or_capable(t.uid, t.gid);
+        return if asked & libc::S_ISGID != 0 && outside {
             libc::S_ISGID
         } else {
             0
@@ -118,6 +124,37 @@ mod tests {
         fn in_group_or_capable(&self, _uid: u32, gid: u32) -> bool {
             self.fsetid || self.groups.contains(&gid)
         }
+        fn known(&self) -> bool {
+            true
+        }
+    }
+
+    /// A caller whose credentials cannot be read.
+    struct Unknown;
+
+    impl Privileges for Unknown {
+        fn fsetid(&self, _uid: u32, _gid: u32) -> bool {
+            false
+        }
+        fn in_group_or_capable(&self, _uid: u32, _gid: u32) -> bool {
+            false
+        }
+        fn known(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_caller_that_cannot_be_asked_keeps_a_chmod_and_loses_on_writes() {
+        let chmod = SetAttr {
+            mode: Some(0o2755),
+            ..SetAttr::default()
+        };
+        assert_eq!(cleared_bits(&file(0o755), &chmod, &Unknown), 0);
+        assert_eq!(
+            cleared_bits(&file(0o6666), &SetAttr::default(), &Unknown),
+            libc::S_ISUID | libc::S_ISGID
+        );
     }
 
     const STRANGER: Fixed = Fixed {

@@ -108,7 +108,7 @@ impl Overlay {
             // merge into it.
             up.mark_opaque(&s_up.child_dir(name)?)?;
         }
-        let mut kept_open = false;
+        let mut remains = None;
         if exchange {
             if let Some(d) = &dnode {
                 if d.kind == FileKind::Directory && s_merged {
@@ -128,7 +128,7 @@ impl Overlay {
                 }
                 _ => None,
             };
-            kept_open = dnode.as_ref().is_some_and(|d| self.keep_open_dir(d));
+            remains = dnode.as_ref().and_then(|d| self.open_remains(d));
             let src_whiteout = self.lower_has(&sdir, name)?;
             self.move_over(&s_up, name, &d_up, newname, src_whiteout)?;
             if let Some(key) = replaced_group {
@@ -149,8 +149,8 @@ impl Overlay {
                 if d_last {
                     d.mark_unlinked();
                 }
-                if kept_open {
-                    self.invalidate(d.id);
+                if let Some(dir) = remains {
+                    self.keep_remains(&d, dir);
                 }
             }
             (None, _) => {}

@@ -127,6 +127,10 @@ impl Privileges for RequestPrivileges<'_> {
     fn in_group_or_capable(&self, uid: u32, gid: u32) -> bool {
         caller::in_group_or_capable(self.0.pid(), self.0.gid(), uid, gid)
     }
+
+    fn known(&self) -> bool {
+        caller::readable(self.0.pid())
+    }
 }
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -435,9 +439,7 @@ impl Filesystem for OverlayFs {
             // Cached pages stay valid: lower layers are frozen for the mount's life, and the
             // upper changes only through this mount.
             // (Not under strictatime: every open's reads must reach the daemon.)
-            OpenIo::Cached if self.core.reads_touch_atime() => {
-                reply.opened(FileHandle(fh), FILE_OPEN)
-            }
+            OpenIo::Cached if self.core.strict_atime() => reply.opened(FileHandle(fh), FILE_OPEN),
             OpenIo::Cached => {
                 reply.opened(FileHandle(fh), FILE_OPEN | FopenFlags::FOPEN_KEEP_CACHE)
             }
@@ -699,19 +701,19 @@ impl Filesystem for OverlayFs {
                     .passthrough
                     .choose(&self.core, attr.ino.0, fh, |f| reply.open_backing(f));
                 match io {
-                    OpenIo::Backed(id) => {
-                        reply.created_passthrough(
-                            &self.ttl,
-                            &attr,
-                            generation,
-                            FileHandle(fh),
-                            FILE_OPEN,
-                            &id,
-                        );
-                        // The entry stays cached, the attributes not while it is open for
-                        // writing (see ttl_for): dropped once the kernel has them.
-                        self.core.drop_cached_attrs(attr.ino.0);
-                    }
+                    // The mount's timeout, for the entry's sake (a zero one would have every
+                    // new file looked up again). The attributes cannot go stale through a
+                    // mapping before they are asked for again: a new file must first get a
+                    // size (ftruncate, fallocate, a write), and each of those refreshes
+                    // them with ttl_for's zero timeout.
+                    OpenIo::Backed(id) => reply.created_passthrough(
+                        &self.ttl,
+                        &attr,
+                        generation,
+                        FileHandle(fh),
+                        FILE_OPEN,
+                        &id,
+                    ),
                     OpenIo::Cached => {
                         reply.created(&self.ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
                     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::tar::{Header, Kind, Writer};
-use crate::fs::diff::{changes, ChangeKind};
+use crate::fs::diff::{changes, ChangeKind, DirRule};
 use crate::fs::owner_xattr::{self, Owner};
 use crate::fs::{marker, Layer};
 use crate::sys::{Dir, Errno, FileKind, Stat};
@@ -46,7 +46,8 @@ pub fn write_layer(
     lowers: &[Layer],
     out: impl Write,
 ) -> Result<Written, LayerError> {
-    let found = changes(upper, lowers).map_err(|e| LayerError::Read(String::new(), e))?;
+    let found =
+        changes(upper, lowers, DirRule::Exact).map_err(|e| LayerError::Read(String::new(), e))?;
     let mut w = Writer::new(out);
     let mut done = Written::default();
     // Hard links within the layer: (dev, ino) of a file with links → the first path written.
@@ -183,7 +184,14 @@ fn header(dir: &Dir, name: &OsStr, rel: &Path, st: &Stat) -> Result<Option<Heade
             }
             continue;
         }
-        if !marker::is_private_xattr(x) {
+        if x.contains(&b'=') {
+            // A PAX record splits at the first `=`: no reader would get the name back.
+            log::warn!(
+                "xattr '{}' of '/{}' left out: a name with '=' cannot be archived",
+                String::from_utf8_lossy(x),
+                rel.display()
+            );
+        } else if !marker::is_private_xattr(x) {
             xattrs.push((x.to_vec(), value));
         }
     }

@@ -94,8 +94,7 @@ impl<W: Write> Writer<W> {
         }
         let mtime = u64::try_from(h.mtime).unwrap_or(0);
         if h.mtime_nsec != 0 {
-            let text = format!("{}.{:09}", h.mtime, h.mtime_nsec);
-            pax.push(("mtime", text.into_bytes()));
+            pax.push(("mtime", pax_time(h.mtime, h.mtime_nsec).into_bytes()));
         } else if h.mtime < 0 || mtime > OCTAL_11 {
             pax.push(("mtime", h.mtime.to_string().into_bytes()));
         }
@@ -200,6 +199,19 @@ fn truncated(b: &[u8], n: usize) -> Vec<u8> {
     b[..b.len().min(n)].to_vec()
 }
 
+/// `secs` + `nsec` nanoseconds as a PAX decimal time: a time before the epoch is written
+/// as the negative number it is (-6 s + 0.9999999 s is `-5.0000001`).
+fn pax_time(secs: i64, nsec: u32) -> String {
+    let frac = |n: u32| {
+        let s = format!("{n:09}");
+        s.trim_end_matches('0').to_owned()
+    };
+    if secs >= 0 || nsec == 0 {
+        return format!("{secs}.{}", frac(nsec));
+    }
+    format!("-{}.{}", -(secs + 1), frac(1_000_000_000 - nsec))
+}
+
 /// One PAX record: `LEN KEY=VALUE\n`, LEN counting the whole record, its own digits included.
 fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
@@ -267,6 +279,13 @@ mod tests {
         let r = pax_record(b"path", &long);
         assert_eq!(r.len(), 105);
         assert!(r.starts_with(b"105 path="));
+    }
+
+    #[test]
+    fn pax_times_before_the_epoch_are_negative_numbers() {
+        assert_eq!(pax_time(5, 500_000_000), "5.5");
+        assert_eq!(pax_time(-6, 999_999_900), "-5.0000001");
+        assert_eq!(pax_time(-1, 500_000_000), "-0.5");
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub fn in_group_or_capable(pid: u32, fsgid: u32, uid: u32, gid: u32) -> bool {
     in_groups || (has_effective_cap(&status, CAP_FSETID) && ids_mapped_for(pid, uid, gid))
 }
 
+/// True when the credentials of process `pid` can be read here (0: a process of a pid
+/// namespace the connection cannot see).
+pub fn readable(pid: u32) -> bool {
+    pid != 0 && std::fs::metadata(format!("/proc/{pid}/status")).is_ok()
+}
+
 /// True when the process `pid` holds `CAP_FSETID` in the initial user namespace (the
 /// kernel's `capable(CAP_FSETID)`, which decides whether a write clears setuid): a process
 /// of a user namespace never does, whatever it holds there. Where `/proc/<pid>` cannot be
@@ -102,5 +108,6 @@ mod tests {
         assert!(!in_group_or_capable(u32::MAX - 1, gid, 1, 4_000_000));
         assert_eq!(holds_fsetid(me), root && in_initial_user_namespace(me));
         assert!(!holds_fsetid(u32::MAX - 1));
+        assert!(readable(me) && !readable(0) && !readable(u32::MAX - 1));
     }
 }

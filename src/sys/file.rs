@@ -28,22 +28,6 @@ pub fn fstat(f: &File) -> Result<Stat, Errno> {
     Ok(Stat::from_libc(unsafe { &st.assume_init() }))
 }
 
-/// Sets the access time of the open file `f` to now, leaving its other times (futimens).
-pub fn touch_atime(f: &File) -> Result<(), Errno> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-    ];
-    // SAFETY: `times` is two initialised timespecs, as futimens reads; the fd is live.
-    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }.into()).map(drop)
-}
-
 /// fallocate(2) on `f`.
 pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
     let off = i64::try_from(offset).map_err(|_| Errno::EFBIG)?;

@@ -26,6 +26,8 @@ pub(super) struct MountAttr {
 
 /// `MOUNT_ATTR_NOATIME`.
 const MOUNT_ATTR_NOATIME: u64 = 0x10;
+/// `MOUNT_ATTR_STRICTATIME`.
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
 /// `MOUNT_ATTR__ATIME`: the field of the three access-time rules (0 within it: relatime).
 const MOUNT_ATTR_ATIME_FIELD: u64 = 0x70;
 /// `OPEN_TREE_CLONE`.
@@ -58,6 +60,8 @@ pub(super) fn mount_setattr(
 pub enum ReadAtime {
     /// The first read after a change, or a day after the last (`relatime`).
     Relative,
+    /// Every read (`strictatime`).
+    Strict,
     /// Never (`noatime`).
     Never,
 }
@@ -130,6 +134,7 @@ fn private_copy(mount_point: &Path, atime: ReadAtime) -> Result<Dir, Errno> {
     let attr = MountAttr {
         attr_set: match atime {
             ReadAtime::Relative => 0,
+            ReadAtime::Strict => MOUNT_ATTR_STRICTATIME,
             ReadAtime::Never => MOUNT_ATTR_NOATIME,
         },
         attr_clr: MOUNT_ATTR_ATIME_FIELD,
