@@ -13,11 +13,7 @@ use crate::util::{self, tree, Pair};
 /// Commits `upper` over `lowers` to `out`; panics with the error on failure. Returns what it
 /// printed.
 fn commit(lowers: &[PathBuf], upper: &Path, out: &Path) -> String {
-    let lower = lowers
-        .iter()
-        .map(|p| p.to_str().unwrap())
-        .collect::<Vec<_>>()
-        .join(":");
+    let lower = util::colon_list(lowers);
     let r = util::run(&[
         "commit",
         "--lower",

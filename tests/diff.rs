@@ -68,11 +68,7 @@ pub(crate) fn change(m: &Path) {
 
 /// What `overlayfuse diff` prints for `upper` over `lowers`, as lines.
 fn diff(lowers: &[std::path::PathBuf], upper: &Path, format: &str) -> Vec<String> {
-    let lower = lowers
-        .iter()
-        .map(|p| p.to_str().unwrap())
-        .collect::<Vec<_>>()
-        .join(":");
+    let lower = util::colon_list(lowers);
     let out = util::run(&[
         "diff",
         "--lower",

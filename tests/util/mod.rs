@@ -68,49 +68,37 @@ pub fn scratch_root() -> &'static Path {
         let root = std::env::temp_dir().join("ofs-t");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let c = CString::new(root.as_os_str().as_bytes()).unwrap();
         if !is_mounted(&root) {
-            // SAFETY: test helper; NUL-terminated paths, null fs type and data.
-            let bound = unsafe {
-                libc::mount(
-                    c.as_ptr(),
-                    c.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            };
-            assert_eq!(
-                bound,
-                0,
-                "bind mount of {}: {}",
-                root.display(),
-                errno_text()
-            );
+            mount_flags(Some(&root), &root, libc::MS_BIND);
         }
-        // SAFETY: as above.
-        let shared = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_SHARED,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(
-            shared,
-            0,
-            "making {} shared: {}",
-            root.display(),
-            errno_text()
-        );
+        mount_flags(None, &root, libc::MS_SHARED);
         root
     })
 }
 
-fn errno_text() -> std::io::Error {
-    std::io::Error::last_os_error()
+/// mount(2) of `source` (or nothing) on `target` with `flags` and no type or data; panics
+/// with the error.
+fn mount_flags(source: Option<&Path>, target: &Path, flags: libc::c_ulong) {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (src, dst) = (source.map(c), c(target));
+    let src_ptr = src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: test helper; NUL-terminated paths (or null), null fs type and data.
+    let r = unsafe {
+        libc::mount(
+            src_ptr,
+            dst.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "mount {flags:#x} on {}: {}",
+        target.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// True when `path` is a mount point in this namespace.
@@ -189,8 +177,8 @@ pub fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `lowers` as a `lowerdir=` value.
-fn colon_list(lowers: &[PathBuf]) -> String {
+/// `lowers` as a `lowerdir=` (or `--lower`) value.
+pub fn colon_list(lowers: &[PathBuf]) -> String {
     lowers
         .iter()
         .map(|l| l.display().to_string())
