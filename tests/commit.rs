@@ -14,7 +14,7 @@ use crate::util::{self, tree, Pair};
 /// printed.
 fn commit(lowers: &[PathBuf], upper: &Path, out: &Path) -> String {
     let lower = util::colon_list(lowers);
-    let r = util::run(&[
+    let r = util::must(Command::new(util::bin()).args([
         "commit",
         "--lower",
         &lower,
@@ -22,8 +22,7 @@ fn commit(lowers: &[PathBuf], upper: &Path, out: &Path) -> String {
         upper.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    ]));
     String::from_utf8(r.stdout).unwrap()
 }
 
@@ -43,15 +42,10 @@ fn sha256(data: &[u8]) -> String {
 /// The entries of tar file `t` as GNU tar lists them with xattrs, times left out (ours and
 /// the kernel's uppers were changed at different moments).
 fn entries(t: &Path) -> Vec<String> {
-    let out = Command::new("tar")
-        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-tvvf"])
-        .arg(t)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = util::must(
+        Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-tvvf"])
+            .arg(t),
     );
     String::from_utf8(out.stdout)
         .unwrap()

@@ -69,7 +69,7 @@ pub(crate) fn change(m: &Path) {
 /// What `overlayfuse diff` prints for `upper` over `lowers`, as lines.
 fn diff(lowers: &[std::path::PathBuf], upper: &Path, format: &str) -> Vec<String> {
     let lower = util::colon_list(lowers);
-    let out = util::run(&[
+    let out = util::must(std::process::Command::new(util::bin()).args([
         "diff",
         "--lower",
         &lower,
@@ -77,12 +77,7 @@ fn diff(lowers: &[std::path::PathBuf], upper: &Path, format: &str) -> Vec<String
         upper.to_str().unwrap(),
         "--format",
         format,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]));
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()

@@ -374,31 +374,12 @@ pub(super) fn copy_xattrs(
     dst_dir: &Dir,
     dst_name: Option<&OsStr>,
 ) -> Result<(), Errno> {
-    let list = match src_name {
-        Some(n) => src_dir.child_xattr_list(n),
-        None => src_dir.xattr_list(),
+    let keep = |attr: &[u8]| {
+        let owner = up.owner_xattr.is_some() && owner_xattr::is_owner_xattr(attr);
+        !marker::is_private_xattr(attr) && !owner
     };
-    let list = match list {
-        Ok(l) => l,
-        Err(Errno::ENOTSUP) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if marker::is_private_xattr(attr)
-            || (up.owner_xattr.is_some() && owner_xattr::is_owner_xattr(attr))
-        {
-            continue;
-        }
-        let attr = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(attr);
-        let value = match src_name {
-            Some(n) => src_dir.child_xattr_get(n, attr),
-            None => src_dir.xattr_get(attr),
-        };
-        let value = match value {
-            Ok(v) => v,
-            Err(Errno::ENODATA) => continue,
-            Err(e) => return Err(e),
-        };
+    for (attr, value) in src_dir.xattrs(src_name, keep)? {
+        let attr = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&attr);
         let set = match dst_name {
             Some(n) => dst_dir.child_xattr_set(n, attr, &value, 0),
             None => dst_dir.xattr_set(attr, &value, 0),

@@ -16,7 +16,7 @@ use super::layer::{Layer, LayerDir, Probe};
 use super::marker::{self, NameRole};
 use super::node::ChainDir;
 use super::resolve::{resolve_child, Resolved};
-use crate::sys::{Dir, Errno, FileKind, Stat};
+use crate::sys::{Dir, Errno, FileKind, Stat, Xattr};
 
 /// How a path changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,27 +220,9 @@ impl Walk<'_> {
     }
 }
 
-/// An xattr's name and value.
-type Xattr = (Vec<u8>, Vec<u8>);
-
 /// The xattrs of directory `dir` that are not the overlay's own, sorted, with their values.
 fn visible_xattrs(dir: &Dir) -> Result<Vec<Xattr>, Errno> {
-    let list = match dir.xattr_list() {
-        Ok(list) => list,
-        Err(Errno::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if marker::is_private_xattr(name) {
-            continue;
-        }
-        match dir.xattr_get(OsStr::from_bytes(name)) {
-            Ok(v) => out.push((name.to_vec(), v)),
-            Err(Errno::ENODATA) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let mut out = dir.xattrs(None, |name| !marker::is_private_xattr(name))?;
     out.sort();
     Ok(out)
 }

@@ -291,8 +291,8 @@ impl Overlay {
         self.invalidate(ino);
     }
 
-    /// True while the attributes of `ino` can change without a request (see
-    /// [`Overlay::add_handle`]): the kernel should not cache them.
+    /// True while the attributes of `ino` can change without a request (a handle that can
+    /// write it is open): the kernel should not cache them.
     pub fn attr_volatile(&self, ino: u64) -> bool {
         self.nodes.get(ino).is_ok_and(|n| n.has_writers())
     }

@@ -265,7 +265,7 @@ impl Overlay {
 
     /// Sets xattr `name` of `ino` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`). The overlay's
     /// own xattrs cannot be set (`EOPNOTSUPP`, as on the kernel overlay). For an access ACL,
-    /// `who` is asked as [`Overlay::drop_setgid_unless`] says.
+    /// `who` is asked whether the change keeps the setgid bit (see `drop_setgid_unless`).
     pub fn setxattr(
         &self,
         ino: u64,

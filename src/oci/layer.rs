@@ -165,20 +165,10 @@ fn marker_header(path: Vec<u8>) -> Header {
 fn header(dir: &Dir, name: &OsStr, rel: &Path, st: &Stat) -> Result<Option<Header>, Errno> {
     let mut st = *st;
     let mut xattrs = Vec::new();
-    let list = match dir.child_xattr_list(name) {
-        Ok(list) => list,
-        Err(Errno::ENOTSUP) => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let mut names: Vec<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
-    names.sort();
-    for x in names {
-        let value = match dir.child_xattr_get(name, OsStr::from_bytes(x)) {
-            Ok(v) => v,
-            Err(Errno::ENODATA) => continue,
-            Err(e) => return Err(e),
-        };
-        if owner_xattr::is_owner_xattr(x) {
+    let mut all = dir.xattrs(Some(name), |x| !marker::is_private_xattr(x))?;
+    all.sort();
+    for (x, value) in all {
+        if owner_xattr::is_owner_xattr(&x) {
             if let Some(owner) = Owner::parse(&value) {
                 owner.apply(&mut st);
             }
@@ -188,11 +178,11 @@ fn header(dir: &Dir, name: &OsStr, rel: &Path, st: &Stat) -> Result<Option<Heade
             // A PAX record splits at the first `=`: no reader would get the name back.
             log::warn!(
                 "xattr '{}' of '/{}' left out: a name with '=' cannot be archived",
-                String::from_utf8_lossy(x),
+                String::from_utf8_lossy(&x),
                 rel.display()
             );
-        } else if !marker::is_private_xattr(x) {
-            xattrs.push((x.to_vec(), value));
+        } else {
+            xattrs.push((x, value));
         }
     }
     let (major, minor) = (libc::major(st.rdev), libc::minor(st.rdev));

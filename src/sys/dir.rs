@@ -21,11 +21,15 @@ const RESOLVE_IN_LAYER: u64 = libc::RESOLVE_BENEATH
 /// An open file inside a layer, as returned by [`Dir::open_file`].
 pub type OpenedFile = File;
 
+/// An extended attribute: its name and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
 /// A directory inside a layer, held as an `O_PATH` descriptor.
 ///
-/// The only constructors are [`Dir::open_root`] (the layer root the user named) and
-/// methods of an existing `Dir` that resolve with `RESOLVE_BENEATH`, so every `Dir` lies
-/// beneath some layer root.
+/// The only constructors are [`Dir::open_root`] and `Dir::from_fd` (a layer root the user
+/// named, the latter through a private mount copy, see [`super::mount`]) and methods of an
+/// existing `Dir` that resolve with `RESOLVE_BENEATH`, so every `Dir` lies beneath some
+/// layer root.
 #[derive(Debug)]
 pub struct Dir {
     fd: OwnedFd,
@@ -232,6 +236,38 @@ impl Dir {
     /// The value of the extended attribute `attr` of the child `name`.
     pub fn child_xattr_get(&self, name: &OsStr, attr: &OsStr) -> Result<Vec<u8>, Errno> {
         xattr::get(Target::Child(self.fd.as_fd(), &component(name)?), attr)
+    }
+
+    /// The extended attributes, name and value, of the child `name` (of this directory for
+    /// `None`) whose names `keep` accepts, in the kernel's order: none where the filesystem
+    /// holds none (`ENOTSUP`), and one removed between listing and reading is skipped.
+    pub fn xattrs(
+        &self,
+        name: Option<&OsStr>,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Xattr>, Errno> {
+        let list = match name {
+            Some(n) => self.child_xattr_list(n),
+            None => self.xattr_list(),
+        };
+        let list = match list {
+            Ok(l) => l,
+            Err(Errno::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty() && keep(n)) {
+            let value = match name {
+                Some(n) => self.child_xattr_get(n, OsStr::from_bytes(attr)),
+                None => self.xattr_get(OsStr::from_bytes(attr)),
+            };
+            match value {
+                Ok(v) => out.push((attr.to_vec(), v)),
+                Err(Errno::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Usage figures of the filesystem holding this directory.

@@ -19,7 +19,7 @@ pub mod process;
 mod stat;
 mod xattr;
 
-pub use dir::{Dir, OpenedFile};
+pub use dir::{Dir, OpenedFile, Xattr};
 pub use dirent::RawEntry;
 pub use dirwrite::{rename_flags, SetTime};
 pub use nix::errno::Errno;
