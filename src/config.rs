@@ -64,6 +64,8 @@ pub struct MountConfig {
     pub timeout: Duration,
     /// Whether open files do their I/O in the kernel, on the layer's file (`passthrough=`).
     pub passthrough: PassthroughMode,
+    /// Which transport carries requests and answers (`uring=`).
+    pub uring: UringMode,
     /// How objects are shown: id mappings, `static_nlink`, `ino32_t`, `noxattrs`,
     /// `xattr_permissions`.
     pub view: View,
@@ -83,6 +85,18 @@ pub enum PassthroughMode {
     /// Required: the mount fails where it is not available.
     On,
     /// Never: every read and write goes through the daemon.
+    Off,
+}
+
+/// The `uring=` option: FUSE over io_uring (Linux 6.14), one request queue per CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UringMode {
+    /// Used where the kernel offers it; `/dev/fuse` otherwise.
+    #[default]
+    Auto,
+    /// Required: the mount fails where the kernel does not offer it.
+    On,
+    /// Never: requests are read from `/dev/fuse`.
     Off,
 }
 
@@ -193,6 +207,7 @@ impl MountConfig {
             threads: DEFAULT_THREADS,
             timeout: DEFAULT_TIMEOUT,
             passthrough: PassthroughMode::Auto,
+            uring: UringMode::Auto,
             view: View::default(),
             max_inodes: DEFAULT_MAX_INODES,
             readahead: DEFAULT_READAHEAD,
@@ -350,6 +365,19 @@ impl MountConfig {
                     _ => {
                         return Err(Error::usage(
                             "passthrough takes auto, on or off: auto uses it where available",
+                        ))
+                    }
+                }
+            }
+            "uring" => {
+                self.uring = match value {
+                    Some("auto") => UringMode::Auto,
+                    Some("on") => UringMode::On,
+                    Some("off") => UringMode::Off,
+                    _ => {
+                        return Err(Error::usage(
+                            "uring takes auto, on or off: auto uses FUSE over io_uring where \
+                             the kernel offers it",
                         ))
                     }
                 }
@@ -514,6 +542,8 @@ mod tests {
             "lowerdir=/a,markers=bogus",
             "lowerdir=/a,passthrough=maybe",
             "lowerdir=/a,passthrough",
+            "lowerdir=/a,uring=maybe",
+            "lowerdir=/a,uring",
             "lowerdir=/a,uidmapping=0:1",
             "lowerdir=/a,gidmapping=0:1:1:0:5:1",
             "lowerdir=/a,squash_to_uid=x",
@@ -550,7 +580,7 @@ mod tests {
     #[test]
     fn numbers_and_flags_are_read() {
         let cfg = MountConfig::from_args(&args(&[
-            "lowerdir=/a,threaded=4,timeout=2.5,debug,allow_other,max_inodes=1000,readahead=0",
+            "lowerdir=/a,threaded=4,timeout=2.5,debug,allow_other,max_inodes=1000,readahead=0,uring=off",
         ]))
         .unwrap();
         assert_eq!(cfg.threads, 4);
@@ -558,5 +588,6 @@ mod tests {
         assert_eq!(cfg.readahead, 0);
         assert_eq!(cfg.timeout, Duration::from_millis(2500));
         assert!(cfg.debug && cfg.foreground && cfg.allow_other);
+        assert_eq!(cfg.uring, UringMode::Off);
     }
 }

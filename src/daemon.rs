@@ -11,16 +11,14 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use fuser::MountOption;
-
-use crate::config::{MountConfig, MountFlag, PassthroughMode};
+use crate::config::{MountConfig, MountFlag, PassthroughMode, UringMode};
 use crate::error::Error;
 use crate::fs::upper::OpenError;
 use crate::fs::{Atime, Layer, Overlay, Upper};
-use crate::fuse::session::{self, MountSpec};
+use crate::fuse::session::{self, KernelFlags, MountSpec};
 use crate::fuse::OverlayFs;
 use crate::sys::mount::{LayerMounts, ReadAtime};
-use crate::sys::{process, Errno};
+use crate::sys::{fusedev, process, Errno};
 use crate::{claim, logger, preflight};
 
 const READY: &str = "ready";
@@ -37,6 +35,9 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
             "passthrough=on needs CAP_SYS_ADMIN in the initial user namespace: \
              mount as root, or use passthrough=auto",
         ));
+    }
+    if cfg.uring == UringMode::On && fusedev::ring_enabled() != Some(true) {
+        return Err(Error::invalid(session::RING_OFF));
     }
     let mut dirs: Vec<&preflight::NamedDir> = Vec::with_capacity(checked.lowers.len() + 1);
     if let Some((u, _)) = &checked.upper {
@@ -128,6 +129,7 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         threads: cfg.threads,
         max_inodes: cfg.max_inodes,
         readahead: cfg.readahead,
+        uring: cfg.uring,
     };
     let fs = OverlayFs::new(Arc::new(core), cfg.timeout, cfg.passthrough);
     if cfg.foreground {
@@ -149,43 +151,28 @@ fn block_termination_signals() -> Result<(), Error> {
 }
 
 /// The kernel mount flags: `ro` without an upper layer or when asked; `nodev` and `nosuid`
-/// unless the user asks for `dev` or `suid`.
-fn kernel_flags(cfg: &MountConfig, writable: bool) -> Vec<MountOption> {
-    let mut flags = vec![MountOption::NoDev, MountOption::NoSuid];
-    if !writable {
-        flags.push(MountOption::RO);
-    }
+/// unless the user asks for `dev` or `suid`; the last of two opposite flags wins.
+fn kernel_flags(cfg: &MountConfig, writable: bool) -> KernelFlags {
+    let mut flags = KernelFlags {
+        read_only: !writable,
+        nodev: true,
+        nosuid: true,
+        noexec: false,
+        noatime: false,
+    };
     for flag in &cfg.flags {
-        flags.retain(|f| f != &opposite(*flag));
-        flags.push(option(*flag));
+        match flag {
+            MountFlag::Dev => flags.nodev = false,
+            MountFlag::NoDev => flags.nodev = true,
+            MountFlag::Suid => flags.nosuid = false,
+            MountFlag::NoSuid => flags.nosuid = true,
+            MountFlag::Exec => flags.noexec = false,
+            MountFlag::NoExec => flags.noexec = true,
+            MountFlag::Atime => flags.noatime = false,
+            MountFlag::NoAtime => flags.noatime = true,
+        }
     }
     flags
-}
-
-fn option(flag: MountFlag) -> MountOption {
-    match flag {
-        MountFlag::Dev => MountOption::Dev,
-        MountFlag::NoDev => MountOption::NoDev,
-        MountFlag::Suid => MountOption::Suid,
-        MountFlag::NoSuid => MountOption::NoSuid,
-        MountFlag::Exec => MountOption::Exec,
-        MountFlag::NoExec => MountOption::NoExec,
-        MountFlag::Atime => MountOption::Atime,
-        MountFlag::NoAtime => MountOption::NoAtime,
-    }
-}
-
-fn opposite(flag: MountFlag) -> MountOption {
-    option(match flag {
-        MountFlag::Dev => MountFlag::NoDev,
-        MountFlag::NoDev => MountFlag::Dev,
-        MountFlag::Suid => MountFlag::NoSuid,
-        MountFlag::NoSuid => MountFlag::Suid,
-        MountFlag::Exec => MountFlag::NoExec,
-        MountFlag::NoExec => MountFlag::Exec,
-        MountFlag::Atime => MountFlag::NoAtime,
-        MountFlag::NoAtime => MountFlag::Atime,
-    })
 }
 
 fn mount_error(spec: &MountSpec, e: std::io::Error) -> Error {

@@ -18,7 +18,7 @@ impl Log for Logger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) || is_expected_noise(record) {
+        if !self.enabled(record.metadata()) {
             return;
         }
         if TO_SYSLOG.load(Ordering::Relaxed) {
@@ -29,18 +29,6 @@ impl Log for Logger {
     }
 
     fn flush(&self) {}
-}
-
-/// fuser unmounts again when its session ends; after an external `umount` that second try
-/// fails with EINVAL and fuser warns. The mount is gone either way, so say it only in debug.
-fn is_expected_noise(record: &Record<'_>) -> bool {
-    record.level() == log::Level::Warn
-        && log::max_level() < LevelFilter::Debug
-        && record.target().starts_with("fuser")
-        && record
-            .args()
-            .to_string()
-            .starts_with("Failed to umount filesystem: Invalid argument")
 }
 
 /// Installs the logger on stderr at the level `OVERLAYFUSE_LOG` names (default: warnings).

@@ -1,34 +1,128 @@
-//! The thin FUSE adapter: decode a request, call [`crate::fs::Overlay`], reply exactly once.
-//! No overlay semantics live here.
+//! The thin FUSE adapter: decode a request, call [`crate::fs::Overlay`], answer exactly once.
+//! No overlay semantics live here, and nothing of a transport: [`OverlayFs::handle`] serves
+//! requests read from `/dev/fuse` and from the io_uring queues alike.
 
+pub mod abi;
 pub mod passthrough;
+pub mod reply;
+pub mod request;
 pub mod session;
+mod uring;
 
-use std::ffi::OsStr;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
-
-use self::passthrough::{OpenIo, Passthrough};
+use self::abi::{fopen, init};
+use self::passthrough::{BackingId, OpenIo, Passthrough};
+use self::reply::Reply;
+use self::request::{Op, Request, SetAttrIn};
 use crate::config::PassthroughMode;
 use crate::fs::{Attr, Caller, NewObject, Overlay, Privileges, SetAttr};
-use crate::sys::{caller, Errno, FileKind, SetTime};
+use crate::sys::{caller, Errno};
 
-/// The `fuser::Filesystem` for an [`Overlay`].
+/// The FUSE face of an [`Overlay`].
 #[derive(Debug)]
 pub struct OverlayFs {
     core: Arc<Overlay>,
     ttl: Duration,
-    /// A duplicate of the session's `/dev/fuse` descriptor, once mounted.
-    device: Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
+    /// The connection's `/dev/fuse` descriptor, once mounted: passthrough registers backing
+    /// files on it.
+    device: OnceLock<Arc<OwnedFd>>,
     passthrough: Passthrough,
+}
+
+/// What the kernel offered at INIT and what the daemon takes of it.
+#[derive(Debug)]
+pub struct Negotiation {
+    /// The kernel's flags.
+    pub offered: u64,
+    /// The flags asked for so far.
+    pub wanted: u64,
+    /// Filesystems that may stack on backing files (passthrough needs 1).
+    pub max_stack_depth: u32,
+}
+
+impl Negotiation {
+    /// Asks for `flag`; false when the kernel does not offer it.
+    pub fn ask(&mut self, flag: u64) -> bool {
+        if self.offered & flag == flag {
+            self.wanted |= flag;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Flags of every file open. A close sends no FLUSH (one round trip the caller would wait
+/// for): writes reach the layer before they are answered, and locks stay in the kernel
+/// (FUSE_POSIX_LOCKS is not negotiated), so a flush would have nothing to do.
+const FILE_OPEN: u32 = fopen::NOFLUSH;
+
+/// The largest write request the kernel sends (its own cap with 256 pages).
+pub const MAX_WRITE: u32 = 1 << 20;
+
+fn caller(req: &Request<'_>) -> Caller {
+    Caller {
+        uid: req.header.uid,
+        gid: req.header.gid,
+    }
+}
+
+/// The privileges of the process behind a request, read from `/proc` when asked.
+struct RequestPrivileges {
+    pid: u32,
+    gid: u32,
+}
+
+impl RequestPrivileges {
+    fn of(req: &Request<'_>) -> RequestPrivileges {
+        RequestPrivileges {
+            pid: req.header.pid,
+            gid: req.header.gid,
+        }
+    }
+}
+
+impl Privileges for RequestPrivileges {
+    fn fsetid(&self, _uid: u32, _gid: u32) -> bool {
+        caller::holds_fsetid(self.pid)
+    }
+
+    fn in_group_or_capable(&self, uid: u32, gid: u32) -> bool {
+        caller::in_group_or_capable(self.pid, self.gid, uid, gid)
+    }
+
+    fn known(&self) -> bool {
+        caller::readable(self.pid)
+    }
+}
+
+fn set_attr(s: &SetAttrIn) -> SetAttr {
+    SetAttr {
+        mode: s.mode,
+        uid: s.uid,
+        gid: s.gid,
+        size: s.size,
+        atime: s.atime,
+        mtime: s.mtime,
+    }
+}
+
+fn reply_xattr(value: Result<Vec<u8>, Errno>, size: u32, reply: &mut Reply) {
+    match value {
+        Ok(v) if size == 0 => reply.xattr_size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.bytes(&v),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(r: Result<(), Errno>, reply: &mut Reply) {
+    if let Err(e) = r {
+        reply.error(e);
+    }
 }
 
 impl OverlayFs {
@@ -38,125 +132,64 @@ impl OverlayFs {
         OverlayFs {
             core,
             ttl,
-            device: Arc::default(),
+            device: OnceLock::new(),
             passthrough: Passthrough::new(passthrough),
         }
     }
-}
 
-/// Flags of every file open. A close sends no FLUSH (one round trip the caller would wait
-/// for): writes reach the layer before they are answered, and locks stay in the kernel
-/// (FUSE_POSIX_LOCKS is not negotiated), so a flush would have nothing to do.
-const FILE_OPEN: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
-
-/// The largest write request the kernel sends (its own cap with 256 pages).
-const MAX_WRITE: u32 = 1 << 20;
-
-fn errno(e: Errno) -> fuser::Errno {
-    fuser::Errno::from_i32(e as i32)
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::Regular => FileType::RegularFile,
-        FileKind::Directory => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::CharDevice => FileType::CharDevice,
-        FileKind::BlockDevice => FileType::BlockDevice,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: UNIX_EPOCH,
-        kind: file_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
-/// A negative entry: node id 0 tells the kernel to cache "no such name" for the entry TTL.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-/// The privileges of the process behind a request, read from `/proc` when asked.
-struct RequestPrivileges<'a>(&'a Request);
-
-impl Privileges for RequestPrivileges<'_> {
-    fn fsetid(&self, _uid: u32, _gid: u32) -> bool {
-        caller::holds_fsetid(self.0.pid())
+    /// The kernel features to ask for at INIT. Errors when one that was insisted on
+    /// (`passthrough=on`) is not to be had.
+    pub fn negotiate(&self, n: &mut Negotiation) -> std::io::Result<()> {
+        n.ask(init::ASYNC_READ);
+        n.ask(init::BIG_WRITES);
+        n.ask(init::MAX_PAGES);
+        // Lookups in one directory may run in parallel: they take no lock in the core (only
+        // changes of one upper directory serialize, on the core's directory locks).
+        if !n.ask(init::PARALLEL_DIROPS) {
+            log::debug!("kernel lacks FUSE_PARALLEL_DIROPS");
+        }
+        // No file handles that could outlive the kernel's inode cache: a node forgotten by
+        // the kernel cannot be found again from its number alone, so name_to_handle_at is
+        // refused (EOPNOTSUPP), as on the kernel overlay without nfs_export. Handles for
+        // identification only (AT_HANDLE_FID, fanotify) still work.
+        if !n.ask(init::NO_EXPORT_SUPPORT) {
+            log::warn!(
+                "kernel lacks FUSE_NO_EXPORT_SUPPORT (Linux 6.9+): name_to_handle_at gives \
+                 handles that go stale once the kernel drops an inode"
+            );
+        }
+        // Listings carry each entry's attributes, so a walk that stats what it lists needs
+        // no lookup round trips; the kernel asks for them only while the caller looks
+        // entries up (AUTO), so a plain listing stays cheap.
+        if !n.ask(init::DO_READDIRPLUS | init::READDIRPLUS_AUTO) {
+            log::debug!("kernel lacks FUSE_DO_READDIRPLUS");
+        }
+        // The umask is applied here (or a default ACL instead, as the upper filesystem of
+        // the kernel overlay does), not by the kernel before it knows the directory.
+        if !n.ask(init::DONT_MASK) {
+            log::debug!("kernel lacks FUSE_DONT_MASK");
+        }
+        // The kernel checks POSIX ACLs (read through getxattr) along with the mode bits.
+        if self.core.enforces_acls() {
+            if n.ask(init::POSIX_ACL) {
+                log::info!("POSIX ACLs: checked by the kernel");
+            } else {
+                log::warn!("POSIX ACLs: kept but not checked (kernel lacks FUSE_POSIX_ACL)");
+            }
+        }
+        self.passthrough.negotiate(n, &self.core)
     }
 
-    fn in_group_or_capable(&self, uid: u32, gid: u32) -> bool {
-        caller::in_group_or_capable(self.0.pid(), self.0.gid(), uid, gid)
+    /// Notes the connection's device, for passthrough registrations.
+    pub fn set_device(&self, device: Arc<OwnedFd>) {
+        let _ = self.device.set(device);
     }
 
-    fn known(&self) -> bool {
-        caller::readable(self.0.pid())
+    /// The overlay served.
+    pub fn core(&self) -> &Arc<Overlay> {
+        &self.core
     }
-}
 
-fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
-    t.map(|t| match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::from(t),
-    })
-}
-
-fn reply_xattr(value: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
-    match value {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(fuser::Errno::ERANGE),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
-fn reply_empty(r: Result<(), Errno>, reply: ReplyEmpty) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
-impl OverlayFs {
     /// How long the kernel may keep the attributes of `ino`: not at all while they can change
     /// without a request (a file open for writing and served by passthrough: stores through
     /// its shared mappings reach the layer's file directly), else the mount's timeout.
@@ -171,16 +204,11 @@ impl OverlayFs {
 
     /// Answers a lookup (or a make, a link) with `attr`: the entry kept for the mount's
     /// timeout, the attributes as [`OverlayFs::ttl_for`] says.
-    fn reply_entry(&self, reply: ReplyEntry, attr: &Attr, generation: u64) {
-        reply.entry_with_ttls(
-            &self.ttl_for(attr.ino),
-            &self.ttl,
-            &file_attr(attr),
-            Generation(generation),
-        )
+    fn reply_entry(&self, reply: &mut Reply, attr: &Attr, generation: u64) {
+        reply.entry(self.ttl, self.ttl_for(attr.ino), attr, generation)
     }
 
-    fn reply_made(&self, made: Result<(Attr, u64, Option<u64>), Errno>, reply: ReplyEntry) {
+    fn reply_made(&self, made: Result<(Attr, u64, Option<u64>), Errno>, reply: &mut Reply) {
         match made {
             Ok((attr, generation, fh)) => {
                 if let Some(fh) = fh {
@@ -189,505 +217,235 @@ impl OverlayFs {
                 }
                 self.reply_entry(reply, &attr, generation)
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
         }
     }
-}
 
-impl Filesystem for OverlayFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Lookups in one directory may run in parallel: they take no lock in the core (only
-        // changes of one upper directory serialize, on the core's directory locks).
-        if config
-            .add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS)
-            .is_err()
-        {
-            log::debug!("kernel lacks FUSE_PARALLEL_DIROPS");
-        }
-        // No file handles that could outlive the kernel's inode cache: a node forgotten by
-        // the kernel cannot be found again from its number alone, so name_to_handle_at is
-        // refused (EOPNOTSUPP), as on the kernel overlay without nfs_export. Handles for
-        // identification only (AT_HANDLE_FID, fanotify) still work.
-        if config
-            .add_capabilities(fuser::InitFlags::FUSE_NO_EXPORT_SUPPORT)
-            .is_err()
-        {
-            log::warn!(
-                "kernel lacks FUSE_NO_EXPORT_SUPPORT (Linux 6.9+): name_to_handle_at gives \
-                 handles that go stale once the kernel drops an inode"
-            );
-        }
-        // Listings carry each entry's attributes, so a walk that stats what it lists needs
-        // no lookup round trips; the kernel asks for them only while the caller looks
-        // entries up (AUTO), so a plain listing stays cheap.
-        if config
-            .add_capabilities(
-                fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
-            )
-            .is_err()
-        {
-            log::debug!("kernel lacks FUSE_DO_READDIRPLUS");
-        }
-        // The umask is applied here (or a default ACL instead, as the upper filesystem of
-        // the kernel overlay does), not by the kernel before it knows the directory.
-        if config
-            .add_capabilities(fuser::InitFlags::FUSE_DONT_MASK)
-            .is_err()
-        {
-            log::debug!("kernel lacks FUSE_DONT_MASK");
-        }
-        // The kernel checks POSIX ACLs (read through getxattr) along with the mode bits.
-        if self.core.enforces_acls() {
-            match config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL) {
-                Ok(()) => log::info!("POSIX ACLs: checked by the kernel"),
-                Err(_) => {
-                    log::warn!("POSIX ACLs: kept but not checked (kernel lacks FUSE_POSIX_ACL)")
+    /// Chooses the I/O of the open file `fh` of `ino`: passthrough or cached.
+    fn open_io(&self, ino: u64, fh: u64) -> OpenIo {
+        self.passthrough
+            .choose(&self.core, ino, fh, |file| match self.device.get() {
+                Some(device) => BackingId::register(device, file),
+                None => Err(Errno::ENODEV),
+            })
+    }
+
+    /// Serves one request, leaving its answer in `reply` (or marking it silent).
+    pub fn handle(&self, req: &Request<'_>, reply: &mut Reply) {
+        let ino = req.header.nodeid;
+        let core = &self.core;
+        match &req.op {
+            Op::Lookup { name } => match core.lookup(ino, name) {
+                Ok((attr, generation)) => self.reply_entry(reply, &attr, generation),
+                Err(Errno::ENOENT) => reply.negative_entry(self.ttl),
+                Err(e) => reply.error(e),
+            },
+            Op::Forget { nlookup } => {
+                core.forget(ino, *nlookup);
+                reply.silence();
+            }
+            Op::BatchForget { nodes } => {
+                for &(node, nlookup) in nodes {
+                    core.forget(node, nlookup);
+                }
+                reply.silence();
+            }
+            Op::GetAttr { fh } => match core.getattr(ino, *fh) {
+                Ok(attr) => reply.attr(self.ttl_for(attr.ino), &attr),
+                Err(e) => reply.error(e),
+            },
+            Op::SetAttr(s) => {
+                let who = RequestPrivileges::of(req);
+                match core.setattr(ino, s.fh, &set_attr(s), &who) {
+                    Ok(attr) => reply.attr(self.ttl_for(attr.ino), &attr),
+                    Err(e) => reply.error(e),
                 }
             }
-        }
-        let _ = config.set_max_write(MAX_WRITE);
-        self.passthrough.negotiate(config, &self.core)
-    }
-
-    fn destroy(&mut self) {
-        // The session ended. If the kernel ended the connection (the mount is gone), end
-        // the process here: fuser would otherwise unmount the mount point by path, and
-        // another mount may sit there by now (a caller that unmounts and mounts again at
-        // once, as podman does).
-        if let Some(fd) = self.device.get() {
-            if crate::sys::fusedev::connection_ended(fd) {
-                log::info!("unmounted; exiting");
-                std::process::exit(0);
+            Op::ReadLink => match core.readlink(ino) {
+                Ok(target) => reply.bytes(&target),
+                Err(e) => reply.error(e),
+            },
+            Op::MkNod {
+                name,
+                mode,
+                rdev,
+                umask,
+            } => {
+                let what = if mode & libc::S_IFMT == libc::S_IFREG {
+                    NewObject::File
+                } else {
+                    NewObject::Node(mode & libc::S_IFMT, (*rdev).into())
+                };
+                let made = core.make(ino, name, what, mode & 0o7777, *umask, caller(req));
+                self.reply_made(made, reply);
             }
+            Op::MkDir { name, mode, umask } => {
+                let made = core.make(
+                    ino,
+                    name,
+                    NewObject::Dir,
+                    mode & 0o7777,
+                    *umask,
+                    caller(req),
+                );
+                self.reply_made(made, reply);
+            }
+            Op::Symlink { name, target } => {
+                let made = core.make(ino, name, NewObject::Symlink(target), 0o777, 0, caller(req));
+                self.reply_made(made, reply);
+            }
+            Op::Unlink { name } => reply_empty(core.unlink(ino, name), reply),
+            Op::RmDir { name } => reply_empty(core.rmdir(ino, name), reply),
+            Op::Rename {
+                name,
+                newdir,
+                newname,
+                flags,
+            } => reply_empty(core.rename(ino, name, *newdir, newname, *flags), reply),
+            Op::Link { oldnode, newname } => match core.link(*oldnode, ino, newname) {
+                Ok((attr, generation)) => self.reply_entry(reply, &attr, generation),
+                Err(e) => reply.error(e),
+            },
+            Op::Open { flags } => self.open(ino, *flags, reply),
+            Op::Read { fh, offset, size } => match core.read(*fh, *offset, *size) {
+                Ok(data) => reply.data(data),
+                Err(e) => reply.error(e),
+            },
+            Op::Write { fh, offset, data } => match core.write(*fh, *offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            },
+            Op::CopyFileRange {
+                fh_in,
+                off_in,
+                fh_out,
+                off_out,
+                len,
+                flags,
+            } => {
+                if *flags != 0 {
+                    return reply.error(Errno::EINVAL);
+                }
+                // The answer's count is 32 bits (the kernel asks for no more, page-aligned).
+                let len = (*len).min(u64::from(u32::MAX) & !0xfff);
+                match core.copy_file_range((*fh_in, *off_in), (*fh_out, *off_out), len) {
+                    Ok(n) => reply.written(n as u32),
+                    Err(e) => reply.error(e),
+                }
+            }
+            Op::Lseek { fh, offset, whence } => {
+                // The kernel asks only for SEEK_DATA and SEEK_HOLE; it moves the offset itself.
+                let Ok(offset) = u64::try_from(*offset) else {
+                    return reply.error(Errno::ENXIO);
+                };
+                match core.seek_data_or_hole(*fh, offset, *whence) {
+                    Ok(at) => reply.offset(at),
+                    Err(e) => reply.error(e),
+                }
+            }
+            Op::Release { fh } => {
+                let backed = self.passthrough.backed(ino);
+                if core.release(*fh) && backed {
+                    // The last writer closed: what its mappings stored shows at the next stat.
+                    core.drop_cached_attrs(ino);
+                }
+                self.passthrough.release(ino);
+            }
+            Op::Fsync { fh, datasync } => reply_empty(core.fsync(*fh, *datasync), reply),
+            Op::Flush | Op::FsyncDir | Op::Destroy => {}
+            Op::OpenDir => match core.opendir(ino) {
+                // The kernel may keep listings: a merged directory changes only through this
+                // mount, and the kernel drops a cached listing when it changes one.
+                Ok(fh) => reply.open(fh, fopen::CACHE_DIR | fopen::KEEP_CACHE, 0),
+                Err(e) => reply.error(e),
+            },
+            Op::ReadDir {
+                fh,
+                offset,
+                size,
+                plus,
+            } => self.readdir(*fh, *offset, *size as usize, *plus, reply),
+            Op::ReleaseDir { fh } => core.releasedir(*fh),
+            Op::StatFs => match core.statfs() {
+                Ok(s) => reply.statfs(&s),
+                Err(e) => reply.error(e),
+            },
+            Op::SetXattr { name, value, flags } => {
+                let who = RequestPrivileges::of(req);
+                reply_empty(core.setxattr(ino, name, value, *flags, &who), reply)
+            }
+            Op::GetXattr { name, size } => reply_xattr(core.getxattr(ino, name), *size, reply),
+            Op::ListXattr { size } => reply_xattr(core.listxattr(ino), *size, reply),
+            Op::RemoveXattr { name } => {
+                let who = RequestPrivileges::of(req);
+                reply_empty(core.removexattr(ino, name, &who), reply)
+            }
+            Op::Access { mask } => reply_empty(core.access(ino, *mask), reply),
+            Op::Create { name, mode, umask } => self.create(req, name, *mode, *umask, reply),
+            Op::Fallocate {
+                fh,
+                offset,
+                length,
+                mode,
+            } => reply_empty(core.fallocate(*fh, *offset, *length, *mode), reply),
+            // ENOSYS to an interrupt tells the kernel to send no more (nothing is cancelled).
+            Op::Interrupt | Op::Unsupported | Op::Init { .. } => reply.error(Errno::ENOSYS),
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.core.lookup(parent.0, name) {
-            Ok((attr, generation)) => self.reply_entry(reply, &attr, generation),
-            Err(Errno::ENOENT) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.core.forget(ino.0, nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&self.ttl_for(attr.ino), &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<std::time::SystemTime>,
-        _chgtime: Option<std::time::SystemTime>,
-        _bkuptime: Option<std::time::SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: set_time(atime),
-            mtime: set_time(mtime),
-        };
-        match self
-            .core
-            .setattr(ino.0, fh.map(|f| f.0), &set, &RequestPrivileges(req))
-        {
-            Ok(attr) => reply.attr(&self.ttl_for(attr.ino), &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.core.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let what = if mode & libc::S_IFMT == libc::S_IFREG {
-            NewObject::File
-        } else {
-            NewObject::Node(mode & libc::S_IFMT, rdev.into())
-        };
-        let made = self
-            .core
-            .make(parent.0, name, what, mode & 0o7777, umask, caller(req));
-        self.reply_made(made, reply);
-    }
-
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
-        let made = self.core.make(
-            parent.0,
-            name,
-            NewObject::Dir,
-            mode & 0o7777,
-            umask,
-            caller(req),
-        );
-        self.reply_made(made, reply);
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.unlink(parent.0, name), reply);
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.core.rmdir(parent.0, name), reply);
-    }
-
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        use std::os::unix::ffi::OsStrExt;
-        let what = NewObject::Symlink(target.as_os_str().as_bytes());
-        self.reply_made(
-            self.core
-                .make(parent.0, link_name, what, 0o777, 0, caller(req)),
-            reply,
-        );
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        let r = self
-            .core
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
-        reply_empty(r, reply);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        match self.core.link(ino.0, newparent.0, newname) {
-            Ok((attr, generation)) => self.reply_entry(reply, &attr, generation),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fh = match self.core.open(ino.0, flags.0) {
+    fn open(&self, ino: u64, flags: i32, reply: &mut Reply) {
+        let fh = match self.core.open(ino, flags) {
             Ok(fh) => fh,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(e),
         };
-        match self
-            .passthrough
-            .choose(&self.core, ino.0, fh, |f| reply.open_backing(f))
-        {
+        match self.open_io(ino, fh) {
             OpenIo::Backed(id) => {
                 // Stores through its mappings will bypass the daemon: attributes cached
                 // before this open must go (while it is open none are cached, see ttl_for).
-                if self.core.attr_volatile(ino.0) {
-                    self.core.drop_cached_attrs(ino.0);
+                if self.core.attr_volatile(ino) {
+                    self.core.drop_cached_attrs(ino);
                 }
-                reply.opened_passthrough(FileHandle(fh), FILE_OPEN, &id)
+                reply.open(fh, FILE_OPEN, id.id())
             }
             // Cached pages stay valid: lower layers are frozen for the mount's life, and the
             // upper changes only through this mount.
             // (Not under strictatime: every open's reads must reach the daemon.)
-            OpenIo::Cached if self.core.strict_atime() => reply.opened(FileHandle(fh), FILE_OPEN),
-            OpenIo::Cached => {
-                reply.opened(FileHandle(fh), FILE_OPEN | FopenFlags::FOPEN_KEEP_CACHE)
-            }
+            OpenIo::Cached if self.core.strict_atime() => reply.open(fh, FILE_OPEN, 0),
+            OpenIo::Cached => reply.open(fh, FILE_OPEN | fopen::KEEP_CACHE, 0),
         }
     }
 
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        match self.core.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        match self.core.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        _ino_in: INodeNo,
-        fh_in: FileHandle,
-        offset_in: u64,
-        _ino_out: INodeNo,
-        fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-        flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        if !flags.is_empty() {
-            return reply.error(errno(Errno::EINVAL));
-        }
-        // The reply's count is 32 bits (the kernel asks for no more than that, page-aligned).
-        let len = len.min(u64::from(u32::MAX) & !0xfff);
-        let range = self
-            .core
-            .copy_file_range((fh_in.0, offset_in), (fh_out.0, offset_out), len);
-        match range {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        // The kernel asks only for SEEK_DATA and SEEK_HOLE; it moves the offset itself.
-        let Ok(offset) = u64::try_from(offset) else {
-            return reply.error(errno(Errno::ENXIO));
+    fn readdir(&self, fh: u64, offset: u64, max: usize, plus: bool, reply: &mut Reply) {
+        let result = if plus {
+            self.core
+                .readdirplus(fh, offset, |entry, next, (attr, generation)| {
+                    use std::os::unix::ffi::OsStrExt;
+                    let ttl = self.ttl_for(entry.ino);
+                    let name = entry.name.as_bytes();
+                    reply.direntplus(max, self.ttl, ttl, next, name, attr, *generation, entry.ino)
+                })
+        } else {
+            self.core.readdir(fh, offset, |entry, next| {
+                use std::os::unix::ffi::OsStrExt;
+                reply.dirent(max, entry.ino, next, entry.kind, entry.name.as_bytes())
+            })
         };
-        match self.core.seek_data_or_hole(fh.0, offset, whence) {
-            Ok(at) => reply.offset(at as i64),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        let backed = self.passthrough.backed(ino.0);
-        if self.core.release(fh.0) && backed {
-            // The last writer closed: what its mappings stored shows at the next stat.
-            self.core.drop_cached_attrs(ino.0);
-        }
-        self.passthrough.release(ino.0);
-        reply.ok();
-    }
-
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, ds: bool, reply: ReplyEmpty) {
-        reply_empty(self.core.fsync(fh.0, ds), reply);
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(ino.0) {
-            // The kernel may keep listings: a merged directory changes only through this
-            // mount, and the kernel drops a cached listing when it changes one.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let result = self.core.readdir(fh.0, offset, |entry, next| {
-            reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name)
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        let result = self
-            .core
-            .readdirplus(fh.0, offset, |entry, next, (attr, generation)| {
-                let attr = FileAttr {
-                    // `.` and `..` carry the listing's numbers; the kernel links no inode to them.
-                    ino: INodeNo(entry.ino),
-                    ..file_attr(attr)
-                };
-                reply.add(
-                    INodeNo(entry.ino),
-                    next,
-                    &entry.name,
-                    &self.ttl_for(entry.ino),
-                    &attr,
-                    Generation(*generation),
-                )
-            });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.core.releasedir(fh.0);
-        reply.ok();
-    }
-
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _ds: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.core.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        let who = RequestPrivileges(req);
-        reply_empty(self.core.setxattr(ino.0, name, value, flags, &who), reply);
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.core.getxattr(ino.0, name), size, reply);
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.core.listxattr(ino.0), size, reply);
-    }
-
-    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let who = RequestPrivileges(req);
-        reply_empty(self.core.removexattr(ino.0, name, &who), reply);
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.core.access(ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+        if let Err(e) = result {
+            reply.error(e);
         }
     }
 
     fn create(
         &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
+        req: &Request<'_>,
+        name: &std::ffi::OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
+        reply: &mut Reply,
     ) {
+        let parent = req.header.nodeid;
         let made = self.core.make(
-            parent.0,
+            parent,
             name,
             NewObject::File,
             mode & 0o7777,
@@ -696,44 +454,19 @@ impl Filesystem for OverlayFs {
         );
         match made {
             Ok((attr, generation, Some(fh))) => {
-                let (attr, generation) = (file_attr(&attr), Generation(generation));
-                let io = self
-                    .passthrough
-                    .choose(&self.core, attr.ino.0, fh, |f| reply.open_backing(f));
-                match io {
-                    // The mount's timeout, for the entry's sake (a zero one would have every
-                    // new file looked up again). The attributes cannot go stale through a
-                    // mapping before they are asked for again: a new file must first get a
-                    // size (ftruncate, fallocate, a write), and each of those refreshes
-                    // them with ttl_for's zero timeout.
-                    OpenIo::Backed(id) => reply.created_passthrough(
-                        &self.ttl,
-                        &attr,
-                        generation,
-                        FileHandle(fh),
-                        FILE_OPEN,
-                        &id,
-                    ),
-                    OpenIo::Cached => {
-                        reply.created(&self.ttl, &attr, generation, FileHandle(fh), FILE_OPEN)
-                    }
+                // The mount's timeout, for the entry's sake (a zero one would have every new
+                // file looked up again). The attributes cannot go stale through a mapping
+                // before they are asked for again: a new file must first get a size
+                // (ftruncate, fallocate, a write), and each of those refreshes them with
+                // ttl_for's zero timeout.
+                reply.entry(self.ttl, self.ttl, &attr, generation);
+                match self.open_io(attr.ino, fh) {
+                    OpenIo::Backed(id) => reply.open(fh, FILE_OPEN, id.id()),
+                    OpenIo::Cached => reply.open(fh, FILE_OPEN, 0),
                 }
             }
-            Ok(_) => reply.error(fuser::Errno::EIO),
-            Err(e) => reply.error(errno(e)),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
         }
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply_empty(self.core.fallocate(fh.0, offset, length, mode), reply);
     }
 }

@@ -13,15 +13,53 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use fuser::{BackingId, InitFlags, KernelConfig};
 
+use super::abi::init;
+use super::Negotiation;
 use crate::config::PassthroughMode;
 use crate::fs::Overlay;
+use crate::sys::{fusedev, Errno};
+
+/// A file registered with the kernel as a backing file; unregistered when dropped (open
+/// files keep the kernel's own reference).
+#[derive(Debug)]
+pub struct BackingId {
+    device: Arc<OwnedFd>,
+    id: u32,
+}
+
+impl BackingId {
+    /// Registers `file` on the connection of `device`.
+    pub fn register(device: &Arc<OwnedFd>, file: &File) -> Result<BackingId, Errno> {
+        let id = fusedev::backing_open(device.as_fd(), file)?;
+        Ok(BackingId {
+            device: device.clone(),
+            id,
+        })
+    }
+
+    /// The id an open answer carries.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for BackingId {
+    fn drop(&mut self) {
+        if let Err(e) = fusedev::backing_close(self.device.as_fd(), self.id) {
+            log::debug!(
+                "passthrough: cannot unregister backing file {}: {e}",
+                self.id
+            );
+        }
+    }
+}
 
 /// How one open file does its I/O.
 #[derive(Clone, Debug)]
@@ -63,21 +101,17 @@ impl Passthrough {
 
     /// Asks the kernel for passthrough at INIT. Errors only when `passthrough=on` cannot be
     /// had; `auto` falls back to cached I/O and says so in the log.
-    pub fn negotiate(&self, config: &mut KernelConfig, core: &Overlay) -> io::Result<()> {
+    pub fn negotiate(&self, n: &mut Negotiation, core: &Overlay) -> io::Result<()> {
         if self.mode == PassthroughMode::Off {
             log::info!("passthrough: off (passthrough=off): all file I/O goes through the daemon");
             return Ok(());
         }
         let refused = if !crate::sys::process::admin_in_initial_namespace() {
             Some("the kernel allows it only with CAP_SYS_ADMIN in the initial user namespace")
-        } else if config
-            .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
-            .is_err()
-        {
+        } else if !n.ask(init::PASSTHROUGH) {
             Some("this kernel does not offer FUSE passthrough (Linux 6.9 or later does)")
-        } else if config.set_max_stack_depth(1).is_err() {
-            Some("the kernel refused a stacking depth of 1")
         } else {
+            n.max_stack_depth = 1;
             None
         };
         if let Some(why) = refused {
@@ -101,13 +135,13 @@ impl Passthrough {
     }
 
     /// Chooses the I/O of open file `fh` of inode `ino`, which `core` has just opened.
-    /// `register` turns a descriptor into a backing file (the reply's `open_backing`).
+    /// `register` turns a descriptor into a backing file.
     pub fn choose(
         &self,
         core: &Overlay,
         ino: u64,
         fh: u64,
-        register: impl FnOnce(&File) -> io::Result<BackingId>,
+        register: impl FnOnce(&File) -> Result<BackingId, Errno>,
     ) -> OpenIo {
         if !self.negotiated.load(Ordering::Acquire) {
             return OpenIo::Cached;
@@ -133,7 +167,7 @@ impl Passthrough {
         &self,
         core: &Overlay,
         fh: u64,
-        register: impl FnOnce(&File) -> io::Result<BackingId>,
+        register: impl FnOnce(&File) -> Result<BackingId, Errno>,
     ) -> OpenIo {
         if self.failed.load(Ordering::Relaxed) {
             return OpenIo::Cached;

@@ -1,17 +1,22 @@
-//! Mounting an [`OverlayFs`] and serving it until it is unmounted or told to stop.
+//! Mounting an [`OverlayFs`] and serving it until it is unmounted or told to stop: the
+//! INIT handshake, then the classic transport (threads reading `/dev/fuse`) or the io_uring
+//! one, both calling [`OverlayFs::handle`].
 
 use std::io;
-use std::path::{Path, PathBuf};
-
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
-use fuser::{Config, MountOption, Session, SessionACL};
-
-use super::OverlayFs;
+use super::abi::{self, init, PutFields};
+use super::reply::Reply;
+use super::request::{Op, Request};
+use super::uring::{self, Ring};
+use super::{Negotiation, OverlayFs, MAX_WRITE};
+use crate::config::UringMode;
 use crate::fs::readahead::{Job, Readahead};
 use crate::fs::{Bound, Invalidator, Overlay};
-use crate::sys::{fusedev, process};
+use crate::sys::fusemount::{self, FuseMount};
+use crate::sys::{fusedev, process, Errno};
 
 /// How the FUSE mount itself is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,8 +25,8 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     /// What `/proc/mounts` shows as the source.
     pub fsname: String,
-    /// Kernel mount flags (`ro`, `nodev`, `nosuid`, `noexec`, `noatime`, ...).
-    pub flags: Vec<MountOption>,
+    /// Kernel mount flags.
+    pub flags: KernelFlags,
     /// Let every user reach the mount (the kernel still checks permissions).
     pub allow_other: bool,
     /// Request-serving threads, each on its own cloned `/dev/fuse` descriptor.
@@ -30,57 +35,192 @@ pub struct MountSpec {
     pub max_inodes: usize,
     /// Subdirectories read ahead of a tree walk (0: no readahead).
     pub readahead: usize,
+    /// Whether requests travel over io_uring.
+    pub uring: UringMode,
+}
+
+/// The kernel mount flags of a FUSE mount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFlags {
+    /// `ro`.
+    pub read_only: bool,
+    /// `nodev`.
+    pub nodev: bool,
+    /// `nosuid`.
+    pub nosuid: bool,
+    /// `noexec`.
+    pub noexec: bool,
+    /// `noatime`.
+    pub noatime: bool,
 }
 
 /// A live mount, ready to serve.
 #[derive(Debug)]
 pub struct Mounted {
-    session: Session<OverlayFs>,
+    fs: Arc<OverlayFs>,
+    device: Arc<OwnedFd>,
     mountpoint: PathBuf,
+    threads: usize,
+    /// The io_uring queues serving the mount, when they do.
+    ring: Option<Ring>,
 }
+
+/// The size of a request buffer: the largest WRITE and its headers, rounded to a page.
+const REQUEST_BUFFER: usize = MAX_WRITE as usize + 4096;
 
 /// Mounts `fs` as `spec` says. Returns once the kernel has completed the FUSE handshake, so
 /// the mount is usable when this returns.
 pub fn mount(fs: OverlayFs, spec: &MountSpec) -> io::Result<Mounted> {
-    let mut options = vec![
-        MountOption::FSName(spec.fsname.clone()),
-        MountOption::Subtype("overlayfuse".into()),
-        MountOption::DefaultPermissions,
-    ];
-    options.extend(spec.flags.iter().cloned());
-    let mut config = Config::default();
-    config.mount_options = options;
-    config.acl = if spec.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    let device = fusemount::mount(&FuseMount {
+        mountpoint: &spec.mountpoint,
+        fsname: &spec.fsname,
+        subtype: "overlayfuse",
+        read_only: spec.flags.read_only,
+        nodev: spec.flags.nodev,
+        nosuid: spec.flags.nosuid,
+        noexec: spec.flags.noexec,
+        noatime: spec.flags.noatime,
+        allow_other: spec.allow_other,
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let device = Arc::new(device);
+    fs.set_device(device.clone());
+    let ring_agreed = match handshake(&fs, device.as_fd(), spec.uring) {
+        Ok(agreed) => agreed,
+        Err(e) => {
+            // Nothing will serve this mount: take it away again.
+            let _ = fusemount::unmount(&spec.mountpoint, true);
+            return Err(e);
+        }
     };
-    config.n_threads = Some(spec.threads.max(1));
-    config.clone_fd = true;
-    let core = fs.core.clone();
-    let device = fs.device.clone();
-    let session = Session::new(fs, &spec.mountpoint, &config)?;
-    // Our own handle on the connection, to tell at the end whether the kernel ended it.
-    let _ = device.set(session.as_fd().try_clone_to_owned()?);
+    let core = fs.core().clone();
     if spec.max_inodes > 0 {
-        bound_inodes(
-            &core,
-            session.as_fd().try_clone_to_owned()?,
-            spec.max_inodes,
-        )?;
+        bound_inodes(&core, device.as_fd().try_clone_to_owned()?, spec.max_inodes)?;
     }
     if spec.readahead > 0 {
         read_ahead(&core, spec.readahead)?;
     }
-    let notifier = session.notifier();
+    let notifier = device.clone();
     core.set_invalidator(Invalidator(Box::new(move |id| {
-        // Attributes only (negative offset); an inode the kernel dropped gives ENOENT.
-        let _ = notifier.inval_inode(fuser::INodeNo(id), -1, 0);
+        // An inode the kernel dropped gives ENOENT: nothing to drop then.
+        let _ = fusedev::inval_inode(notifier.as_fd(), id);
     })));
+    let fs = Arc::new(fs);
+    let ring = if ring_agreed {
+        match uring::start(&fs, &device) {
+            Ok(ring) => Some(ring),
+            Err(e) if spec.uring == UringMode::On => {
+                let _ = fusemount::unmount(&spec.mountpoint, true);
+                return Err(io::Error::other(format!(
+                    "uring=on: cannot register the io_uring queues: {e}"
+                )));
+            }
+            Err(e) => {
+                log::warn!("io_uring queues not registered ({e}): serving /dev/fuse");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(Mounted {
-        session,
+        fs,
+        device,
         mountpoint: spec.mountpoint.clone(),
+        threads: spec.threads.max(1),
+        ring,
     })
+}
+
+/// Reads the kernel's INIT request and answers it with what `fs` asks for. True when FUSE
+/// over io_uring was agreed on.
+fn handshake(fs: &OverlayFs, device: BorrowedFd<'_>, uring: UringMode) -> io::Result<bool> {
+    let mut buf = vec![0u8; REQUEST_BUFFER];
+    let n = fusedev::read_request(device, &mut buf)?
+        .ok_or_else(|| io::Error::other("the connection ended before INIT"))?;
+    let req = Request::from_device(&buf[..n])?;
+    let Op::Init {
+        major,
+        minor,
+        max_readahead,
+        flags,
+    } = req.op
+    else {
+        return Err(io::Error::other(format!(
+            "the kernel sent opcode {} before INIT",
+            req.header.opcode
+        )));
+    };
+    let unique = req.header.unique;
+    if major != abi::MAJOR || minor < abi::MIN_MINOR {
+        send_error(device, unique, Errno::EPROTO);
+        return Err(io::Error::other(format!(
+            "the kernel speaks FUSE {major}.{minor}; overlayfuse needs {}.{} or later",
+            abi::MAJOR,
+            abi::MIN_MINOR
+        )));
+    }
+    let mut n = Negotiation {
+        offered: flags,
+        wanted: 0,
+        max_stack_depth: 0,
+    };
+    n.ask(init::INIT_EXT);
+    let ring = uring != UringMode::Off && n.ask(init::OVER_IO_URING);
+    if uring == UringMode::On && !ring {
+        send_error(device, unique, Errno::EPROTO);
+        return Err(io::Error::other(RING_OFF));
+    }
+    if let Err(e) = fs.negotiate(&mut n) {
+        send_error(device, unique, Errno::EPROTO);
+        return Err(e);
+    }
+    let mut body = Vec::with_capacity(abi::INIT_OUT);
+    body.put_u32(abi::MAJOR);
+    body.put_u32(minor.min(abi::MINOR));
+    body.put_u32(max_readahead);
+    body.put_u32(n.wanted as u32);
+    body.put_u16(16); // max_background, as libfuse and fuser
+    body.put_u16(12); // congestion_threshold: 3/4 of it
+    body.put_u32(MAX_WRITE);
+    body.put_u32(1); // time_gran: nanoseconds
+    body.put_u16((MAX_WRITE / 4096) as u16); // max_pages
+    body.put_u16(0);
+    body.put_u32((n.wanted >> 32) as u32);
+    body.put_u32(n.max_stack_depth);
+    body.put_zeros(abi::INIT_OUT - body.len());
+    let mut reply = Reply::default();
+    reply.bytes(&body);
+    send(device, unique, &reply).map_err(io::Error::from)?;
+    log::debug!(
+        "FUSE {major}.{minor}: offered {flags:#x}, asked for {:#x}",
+        n.wanted
+    );
+    Ok(ring)
+}
+
+/// Why `uring=on` cannot be had, and how to get it.
+pub const RING_OFF: &str = "uring=on: the kernel does not offer FUSE over io_uring: as root, \
+    echo 1 > /sys/module/fuse/parameters/enable_uring (Linux 6.14+), or use uring=auto";
+
+/// Sends `reply` as the answer to request `unique`. An answer to a request the kernel has
+/// given up on (`ENOENT`) is no error.
+pub(super) fn send(device: BorrowedFd<'_>, unique: u64, reply: &Reply) -> Result<(), Errno> {
+    let (error, body, data) = reply.parts();
+    let mut header = Vec::with_capacity(abi::OUT_HEADER);
+    header.put_u32((abi::OUT_HEADER + reply.len()) as u32);
+    header.put_u32(error as u32);
+    header.put_u64(unique);
+    match fusedev::write_message(device, &[&header, body, data]) {
+        Err(Errno::ENOENT) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn send_error(device: BorrowedFd<'_>, unique: u64, e: Errno) {
+    let mut reply = Reply::default();
+    reply.error(e);
+    let _ = send(device, unique, &reply);
 }
 
 /// Keeps the inodes the kernel caches, and the daemon's nodes with them, near `limit`: a
@@ -154,8 +294,7 @@ impl Mounted {
     /// Serves requests until the mount goes away: `umount`, `fusermount3 -u`, or one of the
     /// termination signals (which unmount it). The caller must have blocked those signals
     /// before any thread was started, so only the watcher thread receives them.
-    pub fn serve(mut self) -> io::Result<()> {
-        let mut unmounter = self.session.unmount_callable();
+    pub fn serve(self) -> io::Result<()> {
         let mountpoint = self.mountpoint.clone();
         std::thread::Builder::new()
             .name("signals".into())
@@ -163,18 +302,75 @@ impl Mounted {
                 let signals = process::termination_signals();
                 if let Ok(sig) = process::wait_signal(&signals) {
                     log::info!("{sig}: unmounting {}", mountpoint.display());
-                    if let Err(e) = unmounter.unmount() {
+                    if let Err(e) = fusemount::unmount(&mountpoint, false) {
                         log::warn!("unmount {}: {e}; detaching it", mountpoint.display());
-                        detach(&mountpoint);
+                        if let Err(e) = fusemount::unmount(&mountpoint, true) {
+                            log::error!("cannot detach {}: {e}", mountpoint.display());
+                        }
                     }
                 }
             })?;
-        self.session.run()
+        // With the ring, one /dev/fuse thread serves what the ring does not carry.
+        let (classic, queues) = match self.ring {
+            Some(ring) => (1, ring.threads),
+            None => {
+                log::info!("transport: /dev/fuse, {} threads", self.threads);
+                (self.threads, Vec::new())
+            }
+        };
+        let mut workers = queues;
+        for i in 1..classic {
+            let fd = fusedev::clone_connection(self.device.as_fd())?;
+            let fs = self.fs.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("fuse-{i}"))
+                    .spawn(move || serve_device(&fs, fd.as_fd()))?,
+            );
+        }
+        let mut result = serve_device(&self.fs, self.device.as_fd());
+        for w in workers {
+            let r = w
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")));
+            result = result.and(r);
+        }
+        log::info!("unmounted; exiting");
+        result
     }
 }
 
-fn detach(mountpoint: &Path) {
-    if let Err(e) = process::unmount(mountpoint, true) {
-        log::error!("cannot detach {}: {e}", mountpoint.display());
+/// The classic transport: reads requests from `device` and answers them, until the
+/// connection ends.
+fn serve_device(fs: &OverlayFs, device: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = vec![0u8; REQUEST_BUFFER];
+    let mut reply = Reply::default();
+    loop {
+        let Some(n) = fusedev::read_request(device, &mut buf)? else {
+            return Ok(());
+        };
+        reply.reset();
+        let unique = match Request::from_device(&buf[..n]) {
+            Ok(req) => {
+                fs.handle(&req, &mut reply);
+                req.header.unique
+            }
+            Err(e) => match abi::InHeader::parse(&buf[..n]) {
+                Some(h) => {
+                    log::warn!("malformed request (opcode {}): {e}", h.opcode);
+                    reply.error(e);
+                    h.unique
+                }
+                None => continue,
+            },
+        };
+        if reply.is_silent() {
+            continue;
+        }
+        match send(device, unique, &reply) {
+            Ok(()) => {}
+            Err(Errno::ENODEV) => return Ok(()),
+            Err(e) => log::warn!("cannot answer request {unique}: {e}"),
+        }
     }
 }

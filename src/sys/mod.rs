@@ -13,10 +13,12 @@ mod dirent;
 mod dirwrite;
 pub mod file;
 pub mod fusedev;
+pub mod fusemount;
 pub mod lock;
 pub mod mount;
 pub mod process;
 mod stat;
+pub mod uring;
 mod xattr;
 
 pub use dir::{Dir, OpenedFile, Xattr};

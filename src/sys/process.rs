@@ -140,3 +140,44 @@ pub fn admin_in_initial_namespace() -> bool {
         .is_ok_and(|status| super::caller::has_effective_cap(&status, CAP_SYS_ADMIN));
     initial && admin
 }
+
+/// How many CPUs this machine may ever have (`/sys/devices/system/cpu/possible`): the
+/// kernel keeps one FUSE ring queue per possible CPU.
+pub fn possible_cpus() -> usize {
+    let parsed = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|text| last_cpu(&text));
+    match parsed {
+        Some(last) => last + 1,
+        // SAFETY: sysconf only reads a configuration value.
+        None => (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }).max(1) as usize,
+    }
+}
+
+/// The highest CPU number of a kernel CPU list such as `0-3,8,10-11`.
+fn last_cpu(list: &str) -> Option<usize> {
+    list.trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.trim().parse::<usize>().ok())
+        .max()
+}
+
+/// Runs the calling thread on CPU `cpu` only.
+pub fn pin_to_cpu(cpu: usize) -> Result<(), Errno> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::last_cpu;
+
+    #[test]
+    fn cpu_lists_give_their_highest_cpu() {
+        assert_eq!(last_cpu("0-1\n"), Some(1));
+        assert_eq!(last_cpu("0-3,8,10-11"), Some(11));
+        assert_eq!(last_cpu("0"), Some(0));
+        assert_eq!(last_cpu(""), None);
+    }
+}
