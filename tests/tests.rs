@@ -21,5 +21,6 @@ mod runtime;
 mod safety;
 mod setid;
 mod stress;
+mod transport;
 mod view;
 mod write;

@@ -14,7 +14,10 @@ Needs root (kernel overlay mounts, drop_caches) and Python 3 only. Usage:
                         [--svg FILE.svg] [--json FILE.json] [--writable] [size flags]
 
 Contenders: "kernel" (mount -t overlay), "overlayfuse" (--ours, default
-target/release/overlayfuse; copy it elsewhere first if the tree may be rebuilt during the run),
+target/release/overlayfuse, with uring=off: requests read from /dev/fuse; copy it elsewhere
+first if the tree may be rebuilt during the run), "overlayfuse-uring" (the same binary with
+uring=on: FUSE over io_uring; /sys/module/fuse/parameters/enable_uring is set to 1 for the run
+and put back after; --no-uring leaves it out),
 "fuse-overlayfs" (if on PATH) and each --extra NAME=PATH (fuse-overlayfs command line:
 PROG -o lowerdir=A:B[,upperdir=U,workdir=W] MNT, daemonizing once the mount is live).
 
@@ -85,6 +88,7 @@ SIZES = [
     ("scale-dirs", 20, 4, "scale: dirs"),
 ]
 
+RING_SWITCH = "/sys/module/fuse/parameters/enable_uring"
 MOUNTED = set()  # mount points currently mounted by us, for the cleanup
 
 
@@ -95,6 +99,7 @@ class Contender:
     prog: str = ""
     nofsync: str = "volatile"  # mount option turning off the copy-up fsync
     log: str = ""
+    opts: str = ""  # extra mount options (overlayfuse's transport)
 
 
 @dataclasses.dataclass
@@ -292,6 +297,8 @@ def mount(c, lowers, mnt, upper=None, work=None, nofsync=False):
         # layers); they are resolved from the cwd of mount(8).
         cwd = os.path.commonpath(lowers)
         opts = "lowerdir=" + ":".join(os.path.relpath(x, cwd) for x in lowers)
+    if c.opts:
+        opts += "," + c.opts
     if upper is not None:
         opts += f",upperdir={upper},workdir={work}" + (f",{c.nofsync}" if nofsync else "")
     elif c.kind == "kernel":
@@ -632,6 +639,8 @@ def parse_args():
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                     help="another program with the fuse-overlayfs command line")
     ap.add_argument("--no-fuse-overlayfs", action="store_true")
+    ap.add_argument("--no-uring", action="store_true",
+                    help="no overlayfuse-uring contender (the kernel switch is left alone)")
     ap.add_argument("--workdir", default="/var/tmp",
                     help="parent of the scratch dir (created and removed by the run)")
     ap.add_argument("--timeout", type=int, default=1800, help="per command of a workload, s")
@@ -657,7 +666,18 @@ def main():
         sys.exit("bench: run as root (kernel overlay mounts and drop_caches need it)")
     if not os.access(a.ours, os.X_OK):
         sys.exit(f"bench: {a.ours} not found: build it (cargo build --release) or pass --ours")
-    contenders = [Contender("kernel", "kernel"), Contender("overlayfuse", "fuse", a.ours)]
+    # overlayfuse once per transport: /dev/fuse (uring=off) and, unless --no-uring, FUSE over
+    # io_uring (uring=on; the kernel's switch is turned on for the run and put back after).
+    contenders = [Contender("kernel", "kernel"),
+                  Contender("overlayfuse", "fuse", a.ours, opts="uring=off")]
+    ring_found = None
+    if not a.no_uring:
+        try:
+            with open(RING_SWITCH) as f:
+                ring_found = f.read().strip()
+        except OSError as e:
+            sys.exit(f"bench: {RING_SWITCH}: {e}: no FUSE over io_uring here; use --no-uring")
+        contenders.append(Contender("overlayfuse-uring", "fuse", a.ours, opts="uring=on"))
     if shutil.which("fuse-overlayfs") and not a.no_fuse_overlayfs:
         contenders.append(Contender("fuse-overlayfs", "fuse", shutil.which("fuse-overlayfs"),
                                     "fsync=0"))
@@ -689,6 +709,9 @@ def main():
     values = {w.name: {n: [] for n in names} for w in wls}
     errors, lowers_ok, started, header = [], True, time.time(), []
     try:
+        if ring_found is not None:
+            with open(RING_SWITCH, "w") as f:
+                f.write("1")
         os.makedirs(os.path.join(work, "logs"))
         for c in contenders:
             c.log = os.path.join(work, "logs", c.name + ".log")
@@ -737,6 +760,9 @@ def main():
             print(f"bench: NOT removing {work}: still mounted: {left}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+        if ring_found is not None:
+            with open(RING_SWITCH, "w") as f:
+                f.write("1" if ring_found == "Y" else "0")
     if lowers_ok is None:
         sys.exit(130)
 

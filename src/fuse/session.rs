@@ -318,7 +318,7 @@ impl Mounted {
                 (self.threads, Vec::new())
             }
         };
-        let mut workers = queues;
+        let mut workers = Vec::with_capacity(classic);
         for i in 1..classic {
             let fd = fusedev::clone_connection(self.device.as_fd())?;
             let fs = self.fs.clone();
@@ -328,27 +328,39 @@ impl Mounted {
                     .spawn(move || serve_device(&fs, fd.as_fd()))?,
             );
         }
-        let mut result = serve_device(&self.fs, self.device.as_fd());
+        let join = |w: std::thread::JoinHandle<io::Result<u64>>| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")))
+        };
+        let mut device = serve_device(&self.fs, self.device.as_fd());
         for w in workers {
-            let r = w
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")));
-            result = result.and(r);
+            device = device.and_then(|n| Ok(n + join(w)?));
         }
-        log::info!("unmounted; exiting");
-        result
+        let mut ring: io::Result<u64> = Ok(0);
+        for q in queues {
+            ring = ring.and_then(|n| Ok(n + join(q)?));
+        }
+        let (device, ring) = (device?, ring?);
+        log::info!(
+            "unmounted after {} requests ({ring} through io_uring, {device} through /dev/fuse); \
+             exiting",
+            device + ring
+        );
+        Ok(())
     }
 }
 
 /// The classic transport: reads requests from `device` and answers them, until the
-/// connection ends.
-fn serve_device(fs: &OverlayFs, device: BorrowedFd<'_>) -> io::Result<()> {
+/// connection ends; returns how many it served.
+fn serve_device(fs: &OverlayFs, device: BorrowedFd<'_>) -> io::Result<u64> {
     let mut buf = vec![0u8; REQUEST_BUFFER];
     let mut reply = Reply::default();
+    let mut served = 0;
     loop {
         let Some(n) = fusedev::read_request(device, &mut buf)? else {
-            return Ok(());
+            return Ok(served);
         };
+        served += 1;
         reply.reset();
         let unique = match Request::from_device(&buf[..n]) {
             Ok(req) => {
@@ -369,7 +381,7 @@ fn serve_device(fs: &OverlayFs, device: BorrowedFd<'_>) -> io::Result<()> {
         }
         match send(device, unique, &reply) {
             Ok(()) => {}
-            Err(Errno::ENODEV) => return Ok(()),
+            Err(Errno::ENODEV) => return Ok(served),
             Err(e) => log::warn!("cannot answer request {unique}: {e}"),
         }
     }

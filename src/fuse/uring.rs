@@ -28,8 +28,9 @@ pub const QUEUE_DEPTH: usize = 2;
 /// The serving threads of a started ring, one per queue.
 #[derive(Debug)]
 pub struct Ring {
-    /// The queue threads; each returns when the connection ends.
-    pub threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The queue threads; each returns, with the count of requests it served, when the
+    /// connection ends.
+    pub threads: Vec<JoinHandle<io::Result<u64>>>,
 }
 
 /// Sets up and registers one queue per possible CPU on `device`, each in its own pinned
@@ -59,7 +60,7 @@ pub fn start(fs: &Arc<OverlayFs>, device: &Arc<OwnedFd>) -> Result<Ring, Errno> 
                     }
                     Err(e) => {
                         let _ = report.send(Err(e));
-                        Ok(())
+                        Ok(0)
                     }
                 }
             })
@@ -82,15 +83,17 @@ pub fn start(fs: &Arc<OverlayFs>, device: &Arc<OwnedFd>) -> Result<Ring, Errno> 
     Ok(Ring { threads })
 }
 
-/// Serves the requests of one queue until the connection ends.
-fn serve_queue(fs: &OverlayFs, queue: &mut FuseQueue) -> io::Result<()> {
+/// Serves the requests of one queue until the connection ends; returns how many it served.
+fn serve_queue(fs: &OverlayFs, queue: &mut FuseQueue) -> io::Result<u64> {
     let mut reply = Reply::default();
     let mut header = Vec::with_capacity(abi::OUT_HEADER);
+    let mut served = 0;
     loop {
         let d = match queue.wait()? {
-            Event::Ended => return Ok(()),
+            Event::Ended => return Ok(served),
             Event::Request(d) => d,
         };
+        served += 1;
         reply.reset();
         let unique = {
             let (area, payload) = queue.request(&d);

@@ -581,3 +581,43 @@ pub fn replace_file(path: &str, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// `/sys/module/fuse/parameters/enable_uring`: whether the kernel offers FUSE over io_uring
+/// to new connections.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+static RING_SETTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the kernel's FUSE-over-io_uring switch at a value for one test (tests that set it
+/// take turns) and puts back the value it found when dropped.
+pub struct RingSetting {
+    found: String,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl RingSetting {
+    /// Sets the switch to `on`.
+    pub fn set(on: bool) -> RingSetting {
+        let turn = RING_SETTING.lock().unwrap_or_else(|e| e.into_inner());
+        let found = std::fs::read_to_string(ENABLE_URING).unwrap_or_else(|e| {
+            panic!("{ENABLE_URING}: {e}: this kernel has no FUSE over io_uring (6.14+)")
+        });
+        std::fs::write(ENABLE_URING, if on { "1" } else { "0" }).unwrap();
+        RingSetting {
+            found: found.trim().to_owned(),
+            _turn: turn,
+        }
+    }
+}
+
+impl Drop for RingSetting {
+    fn drop(&mut self) {
+        let back = if self.found == "Y" { "1" } else { "0" };
+        let _ = std::fs::write(ENABLE_URING, back);
+    }
+}
+
+/// True when the kernel offers FUSE over io_uring to new connections right now.
+pub fn ring_offered() -> bool {
+    std::fs::read_to_string(ENABLE_URING).is_ok_and(|v| v.trim() == "Y")
+}
