@@ -45,6 +45,8 @@ the workload once untimed right before the timed run. Writable workloads are col
 Output: one table, per contender "median (min..max)" in seconds (memory rows: MiB), and per
 non-kernel contender "speed vs kernel" = kernel median time / contender median time (1.00 is
 kernel speed, higher is better; the same convention for every time row; no ratio for memory).
+Then, for the overlayfuse contenders (run in the foreground, their log kept), the median count
+of FUSE requests from mount to unmount and per file the workload goes through.
 """
 
 import argparse
@@ -56,6 +58,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -90,6 +93,9 @@ SIZES = [
 
 RING_SWITCH = "/sys/module/fuse/parameters/enable_uring"
 MOUNTED = set()  # mount points currently mounted by us, for the cleanup
+DAEMONS = {}  # pid -> Popen of the foreground daemons we started
+COUNTS = re.compile(r"unmounted after (\d+) requests \((\d+) through io_uring, "
+                    r"(\d+) through /dev/fuse\)")
 
 
 @dataclasses.dataclass
@@ -100,6 +106,7 @@ class Contender:
     nofsync: str = "volatile"  # mount option turning off the copy-up fsync
     log: str = ""
     opts: str = ""  # extra mount options (overlayfuse's transport)
+    counts: bool = False  # run in the foreground and read the request counts it logs
 
 
 @dataclasses.dataclass
@@ -114,6 +121,7 @@ class Workload:
     writable: bool = False
     nofsync: bool = False
     prepare: Optional[Callable] = None  # prepare(upper) before mounting
+    files: int = 0  # objects the workload goes through (for requests per file)
     check: Optional[Callable] = None  # check(mnt) after the timed part -> value
     mem: bool = False  # measures the daemon's VmHWM (MiB) instead of time
 
@@ -305,6 +313,8 @@ def mount(c, lowers, mnt, upper=None, work=None, nofsync=False):
         opts = "ro," + opts
     cmd = (["mount", "-t", "overlay", "overlay"] if c.kind == "kernel" else [c.prog])
     cmd += ["-o", opts, mnt]
+    if c.counts:
+        return mount_foreground(c, cmd, mnt)
     with open(c.log, "ab") as log:
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
@@ -323,6 +333,39 @@ def mount(c, lowers, mnt, upper=None, work=None, nofsync=False):
         raise RuntimeError(f"mount exited 0 but {mnt} is not mounted")
     MOUNTED.add(mnt)
     return None if c.kind == "kernel" else find_daemon(mnt, c.prog)
+
+
+def mount_foreground(c, cmd, mnt):
+    """Start an overlayfuse daemon in the foreground, its log (info) appended to the
+    contender's log, and wait for its mount. Returns its pid."""
+    cmd = cmd[:1] + ["-f"] + cmd[1:]
+    with open(c.log, "ab") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=dict(os.environ, OVERLAYFUSE_LOG="info"))
+    DAEMONS[proc.pid] = proc
+    for _ in range(200):
+        if is_mounted(mnt):
+            MOUNTED.add(mnt)
+            return proc.pid
+        if proc.poll() is not None:
+            DAEMONS.pop(proc.pid, None)
+            raise RuntimeError(f"daemon exited {proc.returncode} before mounting {mnt}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{mnt} not mounted after 10 s")
+
+
+def requests_served(c):
+    """The request counts of the contender's last finished daemon: (total, io_uring,
+    /dev/fuse), from the line it logs at exit."""
+    with open(c.log, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 8192))
+        found = COUNTS.findall(f.read().decode(errors="replace"))
+    if not found:
+        raise RuntimeError(f"no request counts in {c.log}")
+    return tuple(int(x) for x in found[-1])
 
 
 def unmount(mnt, pid=None):
@@ -349,6 +392,9 @@ def unmount(mnt, pid=None):
                     return
             for _ in range(100):
                 if not os.path.exists(f"/proc/{pid}") or proc_state(pid) == "Z":
+                    proc = DAEMONS.pop(pid, None)
+                    if proc:
+                        proc.wait()
                     return
                 time.sleep(0.1)
 
@@ -442,12 +488,14 @@ def workloads(a, D):
         for n in D["big-upper"]:
             mkfile(os.path.join(upper, "big", n))
     W = [
-        Workload("meta-stat cold", "meta-stat", lambda m: lstat_walk(m + "/tree"), needs=("tree",)),
+        Workload("meta-stat cold", "meta-stat", lambda m: lstat_walk(m + "/tree"), needs=("tree",),
+                 files=a.files + a.dirs),
         Workload("meta-stat warm", "meta-stat", lambda m: lstat_walk(m + "/tree"), needs=("tree",),
                  cold=False, warm=True),
         Workload("readdir-big cold", "readdir-big", lambda m: len(os.listdir(m + "/big")),
-                 needs=("big",), writable=True, prepare=big_up),
-        Workload("seq-read cold", "seq-read", lambda m: read_seq(m + "/blob"), needs=("blob",)),
+                 needs=("big",), writable=True, prepare=big_up, files=a.big_dir),
+        Workload("seq-read cold", "seq-read", lambda m: read_seq(m + "/blob"), needs=("blob",),
+                 files=1),
         Workload("seq-read warm", "seq-read", lambda m: read_seq(m + "/blob"), needs=("blob",),
                  cold=False, warm=True),
         Workload("seq-write", "seq-write", lambda m: write_seq(m + "/new", a.file_mib),
@@ -464,11 +512,13 @@ def workloads(a, D):
         Workload("small-files", "small-files",
                  lambda m: (sh(["tar", "-xf", D["tarball"], "-C", m], timeout=T),
                             sh(["sync"], timeout=T)),
-                 needs=("tar",), writable=True, check=lambda m: lstat_walk(m + "/small")),
+                 needs=("tar",), writable=True, check=lambda m: lstat_walk(m + "/small"),
+                 files=a.small_files),
         Workload("delete", "delete", lambda m: sh(["rm", "-rf", m + "/del"], timeout=T),
-                 needs=("del",), writable=True,
+                 needs=("del",), writable=True, files=a.delete_files,
                  check=lambda m: [os.path.exists(m + "/del"), sorted(os.listdir(m))]),
-        Workload("mixed", "mixed", lambda m: mixed(m, T), needs=("src",), writable=True),
+        Workload("mixed", "mixed", lambda m: mixed(m, T), needs=("src",), writable=True,
+                 files=a.mixed_files),
         Workload("memory meta-stat", "memory", lambda m: lstat_walk(m + "/tree"),
                  needs=("tree",), cold=False, mem=True),
         Workload(f"memory walk {a.million_files} files", "memory",
@@ -491,7 +541,8 @@ def workloads(a, D):
 
 def run_once(wl, c, work, D):
     """One timed run of a workload on a contender, on a fresh mount (and a fresh upper for
-    writable workloads). Returns (seconds, or MiB for memory rows; value; seconds)."""
+    writable workloads). Returns (seconds, or MiB for memory rows; value; seconds; requests
+    from mount to unmount, for contenders that count them, else None)."""
     mnt = os.path.join(work, "mnt", c.name)
     rundir = os.path.join(work, "run", c.name)
     upper = wdir = None
@@ -521,7 +572,7 @@ def run_once(wl, c, work, D):
         unmount(mnt, pid)
         if wl.writable:
             shutil.rmtree(rundir, ignore_errors=True)
-    return result, value, elapsed
+    return result, value, elapsed, requests_served(c)[0] if c.counts else None
 
 
 def version_of(c):
@@ -577,6 +628,23 @@ def report(wls, names, times, errors):
             rs = ["n/a" if r is None else f"{r:.2f}" for r in ratios[wl.name].values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |")
     return "\n".join(lines), ratios
+
+
+def requests_table(wls, names, requests):
+    """Median FUSE requests per run (mount to unmount) and per file the workload touches,
+    for the contenders that count them; cold, timed-once rows only."""
+    head = "| workload | files | " + " | ".join(f"{n} requests (per file)" for n in names)
+    lines = [head + " |", "|---|---|" + "---|" * len(names)]
+    for w in wls:
+        if w.mem or w.warm or not w.files:
+            continue
+        cells = []
+        for n in names:
+            xs = requests[w.name][n]
+            cells.append(f"{statistics.median(xs):.0f} ({statistics.median(xs) / w.files:.1f})"
+                         if xs else "-")
+        lines.append(f"| {w.name} | {w.files} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_svg(path, ratios, names):
@@ -669,7 +737,7 @@ def main():
     # overlayfuse once per transport: /dev/fuse (uring=off) and, unless --no-uring, FUSE over
     # io_uring (uring=on; the kernel's switch is turned on for the run and put back after).
     contenders = [Contender("kernel", "kernel"),
-                  Contender("overlayfuse", "fuse", a.ours, opts="uring=off")]
+                  Contender("overlayfuse", "fuse", a.ours, opts="uring=off", counts=True)]
     ring_found = None
     if not a.no_uring:
         try:
@@ -677,7 +745,8 @@ def main():
                 ring_found = f.read().strip()
         except OSError as e:
             sys.exit(f"bench: {RING_SWITCH}: {e}: no FUSE over io_uring here; use --no-uring")
-        contenders.append(Contender("overlayfuse-uring", "fuse", a.ours, opts="uring=on"))
+        contenders.append(Contender("overlayfuse-uring", "fuse", a.ours, opts="uring=on",
+                                    counts=True))
     if shutil.which("fuse-overlayfs") and not a.no_fuse_overlayfs:
         contenders.append(Contender("fuse-overlayfs", "fuse", shutil.which("fuse-overlayfs"),
                                     "fsync=0"))
@@ -707,6 +776,7 @@ def main():
     names = [c.name for c in contenders]
     times = {w.name: {n: [] for n in names} for w in wls}
     values = {w.name: {n: [] for n in names} for w in wls}
+    requests = {w.name: {n: [] for n in names} for w in wls}
     errors, lowers_ok, started, header = [], True, time.time(), []
     try:
         if ring_found is not None:
@@ -731,7 +801,7 @@ def main():
                     if wl.mem and c.kind == "kernel":
                         continue
                     try:
-                        res, val, secs = run_once(wl, c, work, D)
+                        res, val, secs, reqs = run_once(wl, c, work, D)
                     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                         errors.append((r + 1, wl.name, c.name, f"{type(e).__name__}: {e}"))
                         print(f"bench: round {r + 1} {wl.name} / {c.name}: FAILED: {e}",
@@ -739,6 +809,8 @@ def main():
                         continue
                     times[wl.name][c.name].append(res)
                     values[wl.name][c.name].append(val)
+                    if reqs is not None:
+                        requests[wl.name][c.name].append(reqs)
                     print(f"bench: round {r + 1} {wl.name} / {c.name}: " + (
                         f"{res:.1f} MiB (walk {secs:.2f} s)" if wl.mem else f"{res:.3f} s"),
                         file=sys.stderr)
@@ -767,6 +839,7 @@ def main():
         sys.exit(130)
 
     table, ratios = report(wls, names, times, errors)
+    table += "\n\n" + requests_table(wls, [c.name for c in contenders if c.counts], requests)
     notes = ["Times in seconds (lower is better), memory rows in MiB (daemon VmHWM; '-' for "
              "the kernel, which has no daemon). 'speed vs kernel' = kernel median time / "
              "contender median time: 1.00 is kernel speed, higher is better (every time row).",
@@ -791,6 +864,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"header": header, "args": vars(a), "times": times, "values": values,
+                       "requests": requests,
                        "errors": errors, "lowers_unchanged": lowers_ok}, f, indent=1)
     if not lowers_ok:
         sys.exit("bench: FATAL: the lower layers changed during the run (checksum of "
