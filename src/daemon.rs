@@ -18,7 +18,7 @@ use crate::fs::{Atime, Layer, Overlay, Upper};
 use crate::fuse::session::{self, KernelFlags, MountSpec};
 use crate::fuse::OverlayFs;
 use crate::sys::mount::{LayerMounts, ReadAtime};
-use crate::sys::{fusedev, process, Errno};
+use crate::sys::{fusedev, fusemount, process, Errno};
 use crate::{claim, logger, preflight};
 
 const READY: &str = "ready";
@@ -240,7 +240,7 @@ pub fn umount(path: &Path) -> Result<(), Error> {
             Err(Error::runtime(format!("fusermount3 -u '{shown}' failed")))
         };
     }
-    process::unmount(path, false).map_err(|e| match e {
+    fusemount::unmount(path, false).map_err(|e| match e {
         Errno::EINVAL => Error::invalid(format!(
             "'{shown}' is not a mount point: nothing to unmount"
         )),

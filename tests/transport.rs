@@ -10,8 +10,26 @@ use std::time::Duration;
 
 use crate::util::{self, RingSetting, Scratch};
 
+/// A foreground daemon, killed if a failing test leaves it running.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A writable foreground daemon with `extra` options, its log (info) on a pipe.
-fn foreground(s: &Scratch, extra: &str) -> Child {
+fn foreground(s: &Scratch, extra: &str) -> Daemon {
     for d in ["lower", "upper", "work", "merged"] {
         s.mkdir(d);
     }
@@ -29,7 +47,11 @@ fn foreground(s: &Scratch, extra: &str) -> Child {
         .env("OVERLAYFUSE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    util::serve_in_foreground(daemon, &s.path("merged"), Duration::from_secs(10))
+    Daemon(Some(util::serve_in_foreground(
+        daemon,
+        &s.path("merged"),
+        Duration::from_secs(10),
+    )))
 }
 
 /// Changes the merged tree with ordinary calls and checks what the upper layer got: the work
@@ -68,8 +90,9 @@ fn work_and_check(s: &Scratch) {
 }
 
 /// Unmounts, waits for the daemon, and returns its exit code and log.
-fn unmount_and_log(mut child: Child, s: &Scratch) -> (Option<i32>, String) {
+fn unmount_and_log(mut daemon: Daemon, s: &Scratch) -> (Option<i32>, String) {
     util::must(Command::new("umount").arg(s.path("merged")));
+    let mut child = daemon.0.take().unwrap();
     let status = child.wait().unwrap();
     let mut log = String::new();
     child
@@ -163,22 +186,22 @@ fn uring_auto_falls_back_to_dev_fuse_and_uring_on_is_refused_without_the_offer()
 fn a_ring_daemon_ends_on_sigterm_and_its_kill_leaves_a_mount_umount_clears() {
     let _ring = RingSetting::set(true);
     let s = Scratch::new();
-    let mut child = foreground(&s, ",uring=on");
+    let mut daemon = foreground(&s, ",uring=on");
     std::fs::write(s.path("merged/x"), "x").unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(daemon.child().id() as i32),
         nix::sys::signal::SIGTERM,
     )
     .unwrap();
-    let status = child.wait().unwrap();
+    let status = daemon.child().wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(!util::is_mounted(&s.path("merged")));
 
     let s = Scratch::new();
-    let mut child = foreground(&s, ",uring=on");
+    let mut daemon = foreground(&s, ",uring=on");
     std::fs::write(s.path("merged/y"), "y").unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    daemon.child().kill().unwrap();
+    daemon.child().wait().unwrap();
     // The connection is gone: calls fail at once (no hang), and umount takes the mount down.
     // (A call that reaches a queue before the kernel has torn the ring down is ended with
     // ECONNABORTED; later ones get ENOTCONN, as with /dev/fuse.)

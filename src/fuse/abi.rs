@@ -105,8 +105,6 @@ pub const OUT_HEADER: usize = 16;
 pub const ATTR: usize = 88;
 /// `struct fuse_entry_out`: node id, generation, two timeouts, two nanosecond parts, attr.
 pub const ENTRY_OUT: usize = 40 + ATTR;
-/// `struct fuse_write_in` (and `fuse_read_in`): the header of a WRITE before its data.
-pub const WRITE_IN: usize = 40;
 /// `struct fuse_init_out` (and `fuse_init_in`) since 7.36.
 pub const INIT_OUT: usize = 64;
 

@@ -7,6 +7,7 @@ pub mod passthrough;
 pub mod reply;
 pub mod request;
 pub mod session;
+pub mod tally;
 mod uring;
 
 use std::os::fd::OwnedFd;

@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc};
 use super::abi::{self, init, PutFields};
 use super::reply::Reply;
 use super::request::{Op, Request};
+use super::tally::Tally;
 use super::uring::{self, Ring};
 use super::{Negotiation, OverlayFs, MAX_WRITE};
 use crate::config::UringMode;
@@ -328,42 +329,53 @@ impl Mounted {
                     .spawn(move || serve_device(&fs, fd.as_fd()))?,
             );
         }
-        let join = |w: std::thread::JoinHandle<io::Result<u64>>| {
+        let join = |w: std::thread::JoinHandle<io::Result<Tally>>| {
             w.join()
                 .unwrap_or_else(|_| Err(io::Error::other("a serving thread panicked")))
         };
         let mut device = serve_device(&self.fs, self.device.as_fd());
         for w in workers {
-            device = device.and_then(|n| Ok(n + join(w)?));
+            device = device.and_then(|mut t| {
+                t.add(&join(w)?);
+                Ok(t)
+            });
         }
-        let mut ring: io::Result<u64> = Ok(0);
+        let mut ring: io::Result<Tally> = Ok(Tally::default());
         for q in queues {
-            ring = ring.and_then(|n| Ok(n + join(q)?));
+            ring = ring.and_then(|mut t| {
+                t.add(&join(q)?);
+                Ok(t)
+            });
         }
         let (device, ring) = (device?, ring?);
+        let mut all = device.clone();
+        all.add(&ring);
         log::info!(
-            "unmounted after {} requests ({ring} through io_uring, {device} through /dev/fuse); \
+            "unmounted after {} requests ({} through io_uring, {} through /dev/fuse): {}; \
              exiting",
-            device + ring
+            all.total(),
+            ring.total(),
+            device.total(),
+            all.describe()
         );
         Ok(())
     }
 }
 
 /// The classic transport: reads requests from `device` and answers them, until the
-/// connection ends; returns how many it served.
-fn serve_device(fs: &OverlayFs, device: BorrowedFd<'_>) -> io::Result<u64> {
+/// connection ends; returns what it served.
+fn serve_device(fs: &OverlayFs, device: BorrowedFd<'_>) -> io::Result<Tally> {
     let mut buf = vec![0u8; REQUEST_BUFFER];
     let mut reply = Reply::default();
-    let mut served = 0;
+    let mut served = Tally::default();
     loop {
         let Some(n) = fusedev::read_request(device, &mut buf)? else {
             return Ok(served);
         };
-        served += 1;
         reply.reset();
         let unique = match Request::from_device(&buf[..n]) {
             Ok(req) => {
+                served.count(req.header.opcode);
                 fs.handle(&req, &mut reply);
                 req.header.unique
             }

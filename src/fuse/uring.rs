@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use super::abi::{self, InHeader, PutFields};
 use super::reply::Reply;
 use super::request::Request;
+use super::tally::Tally;
 use super::{OverlayFs, MAX_WRITE};
 use crate::sys::uring::{Event, FuseQueue, OP_IN};
 use crate::sys::{process, Errno};
@@ -30,7 +31,7 @@ pub const QUEUE_DEPTH: usize = 2;
 pub struct Ring {
     /// The queue threads; each returns, with the count of requests it served, when the
     /// connection ends.
-    pub threads: Vec<JoinHandle<io::Result<u64>>>,
+    pub threads: Vec<JoinHandle<io::Result<Tally>>>,
 }
 
 /// Sets up and registers one queue per possible CPU on `device`, each in its own pinned
@@ -60,7 +61,7 @@ pub fn start(fs: &Arc<OverlayFs>, device: &Arc<OwnedFd>) -> Result<Ring, Errno> 
                     }
                     Err(e) => {
                         let _ = report.send(Err(e));
-                        Ok(0)
+                        Ok(Tally::default())
                     }
                 }
             })
@@ -83,23 +84,23 @@ pub fn start(fs: &Arc<OverlayFs>, device: &Arc<OwnedFd>) -> Result<Ring, Errno> 
     Ok(Ring { threads })
 }
 
-/// Serves the requests of one queue until the connection ends; returns how many it served.
-fn serve_queue(fs: &OverlayFs, queue: &mut FuseQueue) -> io::Result<u64> {
+/// Serves the requests of one queue until the connection ends; returns what it served.
+fn serve_queue(fs: &OverlayFs, queue: &mut FuseQueue) -> io::Result<Tally> {
     let mut reply = Reply::default();
     let mut header = Vec::with_capacity(abi::OUT_HEADER);
-    let mut served = 0;
+    let mut served = Tally::default();
     loop {
         let d = match queue.wait()? {
             Event::Ended => return Ok(served),
             Event::Request(d) => d,
         };
-        served += 1;
         reply.reset();
         let unique = {
             let (area, payload) = queue.request(&d);
             let Some(h) = InHeader::parse(area) else {
                 return Err(io::Error::other("a ring entry without a request header"));
             };
+            served.count(h.opcode);
             let fixed = abi::fixed_size(h.opcode).min(area.len() - OP_IN);
             match Request::parse(h, &area[OP_IN..OP_IN + fixed], payload) {
                 Ok(req) => fs.handle(&req, &mut reply),

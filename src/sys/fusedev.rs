@@ -1,6 +1,6 @@
 //! The FUSE connection's device, `/dev/fuse`: opening and cloning it, reading requests,
 //! writing answers and notifications, registering passthrough backing files, and telling
-//! whether the kernel has ended the connection.
+//! whether the kernel offers FUSE over io_uring.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -97,18 +97,6 @@ pub fn backing_close(fd: BorrowedFd<'_>, id: u32) -> Result<(), Errno> {
     // SAFETY: IOC_BACKING_CLOSE reads one u32 through a valid pointer.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), IOC_BACKING_CLOSE, &id as *const u32) }.into())?;
     Ok(())
-}
-
-/// True when the FUSE connection of `/dev/fuse` descriptor `fd` has been ended by the kernel
-/// (its mount is gone): the device then polls `POLLERR`.
-pub fn connection_ended(fd: BorrowedFd<'_>) -> bool {
-    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::empty())];
-    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
-        Ok(1) => fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR)),
-        _ => false,
-    }
 }
 
 /// Asks the kernel to drop the cached attributes of inode `ino` (and no pages). `ENOENT`

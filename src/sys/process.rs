@@ -3,7 +3,6 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
@@ -76,16 +75,6 @@ pub fn block_signals(set: &SigSet) -> Result<(), Errno> {
 /// Waits for one of the (blocked) signals in `set`.
 pub fn wait_signal(set: &SigSet) -> Result<Signal, Errno> {
     set.wait()
-}
-
-/// Unmounts `path`; `detach` lazily (`MNT_DETACH`) when it is busy.
-pub fn unmount(path: &Path, detach: bool) -> Result<(), Errno> {
-    let flags = if detach {
-        nix::mount::MntFlags::MNT_DETACH
-    } else {
-        nix::mount::MntFlags::empty()
-    };
-    nix::mount::umount2(path, flags)
 }
 
 /// The effective user id.
