@@ -145,6 +145,67 @@ fn requests_travel_over_the_ring_when_the_kernel_offers_it() {
 }
 
 #[test]
+fn reads_of_lower_files_over_the_ring_return_the_layer_data() {
+    let _ring = RingSetting::set(true);
+    let s = Scratch::new();
+    for d in ["lower", "upper", "work", "merged"] {
+        s.mkdir(d);
+    }
+    // 5 MiB and a bit: reads of every size the kernel sends, the last one short.
+    let data: Vec<u8> = (0..(5u32 << 20) + 1234).map(|i| (i % 251) as u8).collect();
+    std::fs::write(s.path("lower/big"), &data).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},passthrough=off,uring=on",
+        s.path("lower").display(),
+        s.path("upper").display(),
+        s.path("work").display()
+    );
+    let mut daemon = Command::new(util::bin());
+    daemon
+        .args(["-f", "-o", &opts])
+        .arg(s.path("merged"))
+        .env("OVERLAYFUSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = Daemon(Some(util::serve_in_foreground(
+        daemon,
+        &s.path("merged"),
+        Duration::from_secs(10),
+    )));
+    util::must(Command::new("sh").args(["-c", "sync; echo 1 > /proc/sys/vm/drop_caches"]));
+    assert!(
+        std::fs::read(s.path("merged/big")).unwrap() == data,
+        "data differs"
+    );
+    // Random 4 KiB reads past the cached part, and one past the end.
+    let f = std::fs::File::open(s.path("merged/big")).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    for at in [0u64, 4096 * 300, 4096 * 1000, data.len() as u64 - 100] {
+        let n = f.read_at(&mut buf, at).unwrap();
+        let want = &data[at as usize..(at as usize + 4096).min(data.len())];
+        assert_eq!(&buf[..n], want, "at {at}");
+    }
+    assert_eq!(f.read_at(&mut buf, data.len() as u64 + 10).unwrap(), 0);
+    drop(f);
+    let (code, log) = unmount_and_log(child, &s);
+    assert_eq!(code, Some(0), "{log}");
+    let (ring, _) = served(&log);
+    // The counts per operation follow the totals: "...): read 41, open 2, ...".
+    let ops = log
+        .lines()
+        .find_map(|l| l.split_once("through /dev/fuse): ").map(|(_, ops)| ops))
+        .unwrap_or("");
+    let reads = ops
+        .split(", ")
+        .find_map(|kind| kind.strip_prefix("read "))
+        .map_or(0, |n| {
+            n.trim_end_matches("; exiting").parse::<u64>().unwrap()
+        });
+    assert!(ring > 0 && reads > 0, "no READ over the ring:\n{log}");
+}
+
+#[test]
 fn uring_off_reads_dev_fuse_even_when_the_ring_is_offered() {
     let _ring = RingSetting::set(true);
     let s = Scratch::new();

@@ -153,10 +153,16 @@ impl Overlay {
         self.view.atime == Atime::Strict
     }
 
+    /// The descriptor a read of open file `fh` goes through now, for a caller that reads it
+    /// itself (the io_uring transport reads straight into its buffers).
+    pub fn file_to_read(&self, fh: u64) -> Result<Arc<File>, Errno> {
+        let h = self.handle(fh)?;
+        self.read_file(&h)
+    }
+
     /// Reads up to `size` bytes at `offset` from open file `fh` (short only at end of file).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let h = self.handle(fh)?;
-        let file = self.read_file(&h)?;
+        let file = self.file_to_read(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {

@@ -2,7 +2,9 @@
 //! pinned to that CPU, so a request is answered on the CPU that made it and the answer and
 //! the fetch of the next request are one submission. What the ring does not carry (FORGET,
 //! INTERRUPT, and every request until all queues are registered) still comes through
-//! `/dev/fuse`, served by one classic thread.
+//! `/dev/fuse`, served by one classic thread. A READ is read by io_uring itself, straight into
+//! its entry's payload, and answered in place when that completes, so reads waiting on the
+//! disk overlap and do not hold up the queue.
 //!
 //! Memory: each queue holds [`QUEUE_DEPTH`] entries of a 288-byte header area and a payload
 //! buffer as large as the largest request ([`MAX_WRITE`], 1 MiB), so the ring takes
@@ -16,15 +18,15 @@ use std::thread::JoinHandle;
 
 use super::abi::{self, InHeader, PutFields};
 use super::reply::Reply;
-use super::request::Request;
+use super::request::{Op, Request};
 use super::tally::Tally;
 use super::{OverlayFs, MAX_WRITE};
-use crate::sys::uring::{Event, FuseQueue, OP_IN};
+use crate::sys::uring::{Delivered, Event, FuseQueue, OP_IN};
 use crate::sys::{process, Errno};
 
-/// Entries per queue: one answered while the kernel fills the other. (More did not pay for
-/// one outstanding request per CPU, and each costs a payload buffer.)
-pub const QUEUE_DEPTH: usize = 2;
+/// Entries per queue: reads in flight on the ring leave the others free for the requests
+/// behind them (the kernel's readahead sends several READs at once).
+pub const QUEUE_DEPTH: usize = 4;
 
 /// The serving threads of a started ring, one per queue.
 #[derive(Debug)]
@@ -84,14 +86,57 @@ pub fn start(fs: &Arc<OverlayFs>, device: &Arc<OwnedFd>) -> Result<Ring, Errno> 
     Ok(Ring { threads })
 }
 
+/// A READ being read on the ring into its entry's payload.
+struct PendingRead {
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+}
+
+/// Answers the READ of `d`'s entry once its ring read completed with `result`.
+fn finish_read(
+    queue: &mut FuseQueue,
+    reads: &mut [Option<PendingRead>],
+    d: &Delivered,
+    result: Result<usize, Errno>,
+    header: &mut Vec<u8>,
+) -> io::Result<()> {
+    let Some(read) = reads[d.slot].take() else {
+        return Err(io::Error::other(
+            "a ring read completed for an entry with none",
+        ));
+    };
+    // A read short of what was asked is finished here (FUSE reads are short only at the end
+    // of the file); an error is the answer.
+    let result = match result {
+        Ok(n) if n > 0 && n < read.len => queue.read_rest(d, &read.file, read.offset, n, read.len),
+        other => other,
+    };
+    let (error, len) = match result {
+        Ok(n) => (0, n),
+        Err(e) => (-(e as i32), 0),
+    };
+    header.clear();
+    header.put_u32((abi::OUT_HEADER + len) as u32);
+    header.put_u32(error as u32);
+    header.put_u64(d.commit_id);
+    queue.answer_in_place(d, header, len)?;
+    Ok(())
+}
+
 /// Serves the requests of one queue until the connection ends; returns what it served.
 fn serve_queue(fs: &OverlayFs, queue: &mut FuseQueue) -> io::Result<Tally> {
     let mut reply = Reply::default();
     let mut header = Vec::with_capacity(abi::OUT_HEADER);
     let mut served = Tally::default();
+    let mut reads: Vec<Option<PendingRead>> = (0..QUEUE_DEPTH).map(|_| None).collect();
     loop {
         let d = match queue.wait()? {
             Event::Ended => return Ok(served),
+            Event::Read(d, result) => {
+                finish_read(queue, &mut reads, &d, result, &mut header)?;
+                continue;
+            }
             Event::Request(d) => d,
         };
         reply.reset();
@@ -103,6 +148,24 @@ fn serve_queue(fs: &OverlayFs, queue: &mut FuseQueue) -> io::Result<Tally> {
             served.count(h.opcode);
             let fixed = abi::fixed_size(h.opcode).min(area.len() - OP_IN);
             match Request::parse(h, &area[OP_IN..OP_IN + fixed], payload) {
+                // A READ reads straight into the entry's payload, on the ring: the queue
+                // goes on with other requests while it waits for the disk.
+                Ok(Request {
+                    op: Op::Read { fh, offset, size },
+                    ..
+                }) => match fs.core().file_to_read(fh) {
+                    Ok(file) => {
+                        let pending = PendingRead {
+                            file,
+                            offset,
+                            len: size as usize,
+                        };
+                        queue.read_into(&d, pending.file.clone(), offset, pending.len)?;
+                        reads[d.slot] = Some(pending);
+                        continue;
+                    }
+                    Err(e) => reply.error(e),
+                },
                 Ok(req) => fs.handle(&req, &mut reply),
                 Err(e) => reply.error(e),
             }

@@ -8,7 +8,9 @@
 //! The buffers are boxed and never move or shrink while the ring lives, and the ring is
 //! dropped (cancelling every command) before them: that is what makes the submissions sound.
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -32,7 +34,13 @@ struct Slot {
     header: Box<[u8; HEADER_AREA]>,
     payload: Box<[u8]>,
     iov: Box<[libc::iovec; 2]>,
+    /// A read into the payload in flight: the file it reads (kept open until it completes),
+    /// and the request it answers.
+    reading: Option<(Arc<File>, Delivered)>,
 }
+
+/// `user_data` bit of a read into an entry's payload (the low bits hold the entry).
+const READ: u64 = 1 << 62;
 
 /// One request delivered on a queue: where its buffers are, and its commit id.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +58,8 @@ pub struct Delivered {
 pub enum Event {
     /// A request is in an entry's buffers.
     Request(Delivered),
+    /// A read started by [`FuseQueue::read_into`] completed: bytes read, or an errno.
+    Read(Delivered, Result<usize, Errno>),
     /// The connection ended (unmounted or aborted): the queue is done.
     Ended,
 }
@@ -99,7 +109,7 @@ impl FuseQueue {
     ) -> Result<FuseQueue, Errno> {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_single_issuer()
-            .build((depth as u32).next_power_of_two())
+            .build((2 * depth as u32).next_power_of_two())
             .map_err(super::io_errno)?;
         let slots = (0..depth)
             .map(|_| {
@@ -119,6 +129,7 @@ impl FuseQueue {
                     header,
                     payload,
                     iov,
+                    reading: None,
                 }
             })
             .collect();
@@ -163,8 +174,9 @@ impl FuseQueue {
 
     fn push(&mut self, entry: &squeue::Entry128) -> Result<(), Errno> {
         // SAFETY: the entry points at this queue's boxed iovecs and buffers, which live as
-        // long as the ring and do not move; the command reads them only while it is
-        // pending, and the ring is dropped before them.
+        // long as the ring and do not move, and (a read) at a file its slot keeps open until
+        // the read completes; the kernel uses them only while the entry is pending, and the
+        // ring is dropped before them.
         unsafe { self.ring.submission().push(entry) }.map_err(|_| Errno::EBUSY)
     }
 
@@ -183,6 +195,21 @@ impl FuseQueue {
                 Err(e) => return Err(super::io_errno(e)),
             }
         };
+        if cqe.user_data() & READ != 0 {
+            let slot = (cqe.user_data() & !READ) as usize;
+            let Some((_, d)) = self.slots[slot].reading.take() else {
+                return Err(Errno::EIO);
+            };
+            let r = cqe.result();
+            return Ok(Event::Read(
+                d,
+                if r < 0 {
+                    Err(Errno::from_raw(-r))
+                } else {
+                    Ok(r as usize)
+                },
+            ));
+        }
         match cqe.result() {
             0 => {}
             r if [
@@ -218,6 +245,83 @@ impl FuseQueue {
         self.slots.first().map_or(0, |s| s.payload.len())
     }
 
+    /// Starts reading `len` bytes of `file` at `offset` into the payload of the entry of `d`
+    /// (a READ request), to be answered in place when [`Event::Read`] reports it done.
+    pub fn read_into(
+        &mut self,
+        d: &Delivered,
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), Errno> {
+        let s = &mut self.slots[d.slot];
+        let len = len.min(s.payload.len());
+        let entry = opcode::Read::new(
+            types::Fd(file.as_raw_fd()),
+            s.payload.as_mut_ptr(),
+            len as u32,
+        )
+        .offset(offset)
+        .build()
+        .user_data(READ | d.slot as u64);
+        s.reading = Some((file, *d));
+        self.push(&squeue::Entry128::from(entry))?;
+        self.ring.submit().map_err(super::io_errno)?;
+        Ok(())
+    }
+
+    /// Reads synchronously into the payload of `d`'s entry, after `done` bytes a ring read
+    /// already put there (a short read before the end of the file is finished this way).
+    pub fn read_rest(
+        &mut self,
+        d: &Delivered,
+        file: &File,
+        offset: u64,
+        done: usize,
+        len: usize,
+    ) -> Result<usize, Errno> {
+        use std::os::unix::fs::FileExt;
+        let s = &mut self.slots[d.slot];
+        let len = len.min(s.payload.len());
+        let mut done = done;
+        while done < len {
+            match file.read_at(&mut s.payload[done..len], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(super::io_errno(e)),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Queues the answer to a READ whose `len` bytes of data are already in the entry's
+    /// payload, behind `out_header`.
+    pub fn answer_in_place(
+        &mut self,
+        d: &Delivered,
+        out_header: &[u8],
+        len: usize,
+    ) -> Result<(), Errno> {
+        let s = &mut self.slots[d.slot];
+        s.header[..out_header.len()].copy_from_slice(out_header);
+        s.header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(len as u32).to_ne_bytes());
+        self.commit(d)
+    }
+
+    fn commit(&mut self, d: &Delivered) -> Result<(), Errno> {
+        let entry = command(self.device, CMD_COMMIT_AND_FETCH, self.qid, d.commit_id)
+            .build()
+            .user_data(d.slot as u64);
+        if self.push(&entry).is_err() {
+            // The submission queue is deeper than the entries, so it cannot be full; submit
+            // and retry all the same.
+            self.ring.submit().map_err(super::io_errno)?;
+            self.push(&entry)?;
+        }
+        Ok(())
+    }
+
     /// Queues the answer to a delivered request: `out_header` into the header area, `parts`
     /// one after the other into the payload, then `COMMIT_AND_FETCH`, which also re-arms the
     /// entry. It is submitted at the next [`FuseQueue::wait`].
@@ -239,15 +343,6 @@ impl FuseQueue {
             at += p.len();
         }
         s.header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(total as u32).to_ne_bytes());
-        let entry = command(self.device, CMD_COMMIT_AND_FETCH, self.qid, d.commit_id)
-            .build()
-            .user_data(d.slot as u64);
-        if self.push(&entry).is_err() {
-            // The submission queue is as deep as the entries, so it cannot be full; submit
-            // and retry all the same.
-            self.ring.submit().map_err(super::io_errno)?;
-            self.push(&entry)?;
-        }
-        Ok(())
+        self.commit(d)
     }
 }
