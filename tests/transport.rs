@@ -276,3 +276,24 @@ fn a_ring_daemon_ends_on_sigterm_and_its_kill_leaves_a_mount_umount_clears() {
     assert!(!util::is_mounted(&s.path("merged")));
     assert_eq!(std::fs::read_to_string(s.path("upper/y")).unwrap(), "y");
 }
+
+#[test]
+fn features_says_whether_the_ring_will_be_used() {
+    for on in [true, false] {
+        let _ring = RingSetting::set(on);
+        let out = util::run(&["features"]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("FUSE over io_uring"))
+            .unwrap_or_else(|| panic!("no io_uring line:\n{text}"));
+        assert_eq!(line.starts_with("yes"), on, "{line}");
+        if !on {
+            assert!(line.contains("enable_uring"), "{line}");
+        }
+        for feature in ["FUSE device", "passthrough", "*xattrat", "mount_setattr"] {
+            assert!(text.contains(feature), "{feature} missing:\n{text}");
+        }
+    }
+}

@@ -50,6 +50,12 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write an upper layer as an OCI layer tarball.
     Commit(CommitArgs),
+    /// Print which kernel features this machine offers and which a mount will use.
+    Features,
+    /// Print the shell completion script for a shell.
+    Completions(clap_complete::Shell),
+    /// Write the manual pages into a directory.
+    Manpages(PathBuf),
     /// Print this text (help or version) and exit 0.
     Print(String),
 }
@@ -229,6 +235,20 @@ enum Sub {
     /// deletions as `.wh.NAME`, directories made anew with `.wh..wh..opq`; the same layers
     /// give the same bytes.
     Commit(CommitArgs),
+    /// Print which kernel features this machine offers and which of them a mount will use
+    /// (passthrough, FUSE over io_uring, the *xattrat calls, mount_setattr, inode pruning),
+    /// each with the reason when it will not.
+    Features,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (overlayfuse.1 and one per subcommand) into DIR.
+    Manpages {
+        /// Where to write them (for example /usr/local/share/man/man1).
+        dir: PathBuf,
+    },
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -240,9 +260,25 @@ Examples:
 As a user other than root, the container runs in a user namespace that maps the user to root
 and, through newuidmap/newgidmap, the user's /etc/subuid and /etc/subgid ranges to 1 and up.";
 
-const SUBCOMMANDS: [&str; 9] = [
-    "mount", "umount", "demo", "run", "diff", "commit", "help", "--help", "-h",
+const SUBCOMMANDS: [&str; 12] = [
+    "mount",
+    "umount",
+    "demo",
+    "run",
+    "diff",
+    "commit",
+    "features",
+    "completions",
+    "manpages",
+    "help",
+    "--help",
+    "-h",
 ];
+
+/// The command line's definition, for generating manual pages and completions.
+pub fn definition() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
 
 /// Parses the whole argv (program name first).
 ///
@@ -307,6 +343,9 @@ fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
         Sub::Run(args) => Command::Run(args),
         Sub::Diff(args) => Command::Diff(args),
         Sub::Commit(args) => Command::Commit(args),
+        Sub::Features => Command::Features,
+        Sub::Completions { shell } => Command::Completions(shell),
+        Sub::Manpages { dir } => Command::Manpages(dir),
     })
 }
 

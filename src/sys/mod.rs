@@ -26,6 +26,7 @@ pub use dirent::RawEntry;
 pub use dirwrite::{rename_flags, SetTime};
 pub use nix::errno::Errno;
 pub use stat::{FileKind, FsStat, Stat};
+pub use xattr::have_xattrat;
 
 /// True when a newer system call exists: `probe` makes it with descriptor -1, which only a
 /// kernel that knows the call answers with `EBADF` (`ENOSYS`, or a seccomp filter's

@@ -15,6 +15,28 @@ use std::path::{Path, PathBuf};
 
 use super::{check, cstr, Dir, Errno};
 
+/// True when the kernel has mount_setattr(2) (Linux 5.12): the calls behind idmapped mounts
+/// and the per-layer access-time rules.
+pub fn have_mount_setattr() -> bool {
+    // A change to ask for (read-only): a call asking for none succeeds before it looks at
+    // the descriptor.
+    let attr: [u64; 4] = [1, 0, 0, 0];
+    super::kernel_has_call(|| {
+        // SAFETY: descriptor -1 with an empty path: the call fails with EBADF when it looks
+        // the target up, after only reading the 32-byte `attr`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        }
+    })
+}
+
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
 pub(super) struct MountAttr {

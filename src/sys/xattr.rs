@@ -43,8 +43,8 @@ pub(super) enum Target<'a> {
     Child(BorrowedFd<'a>, &'a CStr),
 }
 
-/// True when the kernel serves the `*xattrat` calls; asked once.
-fn have_xattrat() -> bool {
+/// True when the kernel serves the `*xattrat` calls (Linux 6.13); asked once.
+pub fn have_xattrat() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
         kernel_has_call(|| {
