@@ -780,3 +780,30 @@ fn rootless_without_subordinate_ids() {
     assert_eq!(s[1], "x\nptmx");
     img.assert_clean();
 }
+
+#[test]
+fn the_default_seccomp_filter_refuses_what_podman_refuses_and_unconfined_lifts_it() {
+    let img = Image::new();
+    // A new user namespace needs no capability: only the filter stands in the way.
+    let script = "unshare -U true && echo made || echo refused";
+    let out = img.run(&[], script);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = img.run(&["--seccomp", "unconfined"], script);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "made");
+    // Ordinary work runs under the filter: processes, files, pipes.
+    let out = img.run(
+        &[],
+        "echo a > /tmp/f && cat /tmp/f | wc -c && (sleep 0 &) && wait",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    // A bad value is a set-up error.
+    assert_eq!(code(&img.run(&["--seccomp", "strict"], "true")), 125);
+    img.assert_clean();
+}

@@ -110,6 +110,11 @@ pub struct RunArgs {
     /// Network: `none` (a new namespace with loopback only, the default) or `host`.
     #[arg(long, value_name = "none|host")]
     pub net: Option<String>,
+    /// System call filter: `default` refuses what podman's default profile refuses (module
+    /// loading, keyrings, BPF, perf, ptrace, new namespaces, mounts, clocks, reboot, ...);
+    /// `unconfined` runs without a filter.
+    #[arg(long, value_name = "default|unconfined")]
+    pub seccomp: Option<String>,
     /// User and group to run the command as, inside the container.
     #[arg(long, value_name = "UID[:GID]")]
     pub user: Option<String>,

@@ -107,6 +107,8 @@ pub struct RunConfig {
     pub binds: Vec<Bind>,
     /// User namespace choice.
     pub rootless: Rootless,
+    /// Whether the default seccomp filter applies (`--seccomp default`, the default).
+    pub seccomp: bool,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -178,6 +180,13 @@ impl RunConfig {
                     return Err(bad(format!(
                         "--rootless {other}: use auto, always or never"
                     )))
+                }
+            },
+            seccomp: match args.seccomp.as_deref() {
+                None | Some("default") => true,
+                Some("unconfined") => false,
+                Some(other) => {
+                    return Err(bad(format!("--seccomp {other}: use default or unconfined")))
                 }
             },
             command: if args.command.is_empty() {

@@ -22,8 +22,8 @@ fn die(code: i32, message: String) -> ! {
     std::process::exit(code)
 }
 
-/// Becomes the command; never returns.
-pub fn exec(cfg: &RunConfig) -> ! {
+/// Becomes the command, under the seccomp `filter` (none when empty); never returns.
+pub fn exec(cfg: &RunConfig, filter: &[seccompiler::BpfProgram]) -> ! {
     let _ = SigSet::all().thread_unblock();
     if let Err(e) = restore_sigpipe() {
         die(SETUP_EXIT, format!("cannot reset SIGPIPE: {e}"));
@@ -44,6 +44,10 @@ pub fn exec(cfg: &RunConfig) -> ! {
     }
     let env = environment(cfg, std::env::var_os("TERM"));
     let argv: Vec<CString> = cfg.command.iter().map(|a| c_string(a)).collect();
+    // Last, so that nothing of the set-up above runs under it.
+    if let Err(e) = super::seccomp::apply(filter) {
+        die(SETUP_EXIT, format!("cannot apply the seccomp filter: {e}"));
+    }
     let program = &cfg.command[0];
     let err = run_program(program, &argv, &env);
     let shown = program.to_string_lossy();

@@ -7,7 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::{command, status_code, waited_signals, CONTAINER_CAPABILITIES};
+use super::{command, seccomp, status_code, waited_signals, CONTAINER_CAPABILITIES};
 use crate::config::run::RunConfig;
 use crate::error::SETUP_EXIT;
 use crate::sys::container::{
@@ -25,8 +25,20 @@ pub fn run(cfg: &RunConfig) -> i32 {
         eprintln!("overlayfuse run: cannot block signals: {e}");
         return SETUP_EXIT;
     }
+    // Built before the fork: the command's process allocates nothing before it execs.
+    let filter = if cfg.seccomp {
+        match seccomp::programs() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("overlayfuse run: {e}: use --seccomp unconfined");
+                return SETUP_EXIT;
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let child = match fork() {
-        Ok(None) => command::exec(cfg),
+        Ok(None) => command::exec(cfg, &filter),
         Ok(Some(pid)) => pid,
         Err(e) => {
             eprintln!("overlayfuse run: cannot start the command: {e}");

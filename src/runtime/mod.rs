@@ -26,6 +26,7 @@ mod init;
 mod keeper;
 mod link;
 mod rootfs;
+mod seccomp;
 mod supervisor;
 mod userns;
 mod workspace;
