@@ -148,30 +148,11 @@ fn requests_travel_over_the_ring_when_the_kernel_offers_it() {
 fn reads_of_lower_files_over_the_ring_return_the_layer_data() {
     let _ring = RingSetting::set(true);
     let s = Scratch::new();
-    for d in ["lower", "upper", "work", "merged"] {
-        s.mkdir(d);
-    }
     // 5 MiB and a bit: reads of every size the kernel sends, the last one short.
     let data: Vec<u8> = (0..(5u32 << 20) + 1234).map(|i| (i % 251) as u8).collect();
+    s.mkdir("lower");
     std::fs::write(s.path("lower/big"), &data).unwrap();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},passthrough=off,uring=on",
-        s.path("lower").display(),
-        s.path("upper").display(),
-        s.path("work").display()
-    );
-    let mut daemon = Command::new(util::bin());
-    daemon
-        .args(["-f", "-o", &opts])
-        .arg(s.path("merged"))
-        .env("OVERLAYFUSE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = Daemon(Some(util::serve_in_foreground(
-        daemon,
-        &s.path("merged"),
-        Duration::from_secs(10),
-    )));
+    let child = foreground(&s, ",passthrough=off,uring=on");
     util::must(Command::new("sh").args(["-c", "sync; echo 1 > /proc/sys/vm/drop_caches"]));
     assert!(
         std::fs::read(s.path("merged/big")).unwrap() == data,

@@ -17,9 +17,9 @@ use std::time::Duration;
 use self::abi::{fopen, init};
 use self::passthrough::{BackingId, OpenIo, Passthrough};
 use self::reply::Reply;
-use self::request::{Op, Request, SetAttrIn};
+use self::request::{Op, Request};
 use crate::config::PassthroughMode;
-use crate::fs::{Attr, Caller, NewObject, Overlay, Privileges, SetAttr};
+use crate::fs::{Attr, Caller, NewObject, Overlay, Privileges};
 use crate::sys::{caller, Errno};
 
 /// The FUSE face of an [`Overlay`].
@@ -97,17 +97,6 @@ impl Privileges for RequestPrivileges {
 
     fn known(&self) -> bool {
         caller::readable(self.pid)
-    }
-}
-
-fn set_attr(s: &SetAttrIn) -> SetAttr {
-    SetAttr {
-        mode: s.mode,
-        uid: s.uid,
-        gid: s.gid,
-        size: s.size,
-        atime: s.atime,
-        mtime: s.mtime,
     }
 }
 
@@ -255,9 +244,9 @@ impl OverlayFs {
                 Ok(attr) => reply.attr(self.ttl_for(attr.ino), &attr),
                 Err(e) => reply.error(e),
             },
-            Op::SetAttr(s) => {
+            Op::SetAttr { fh, set } => {
                 let who = RequestPrivileges::of(req);
-                match core.setattr(ino, s.fh, &set_attr(s), &who) {
+                match core.setattr(ino, *fh, set, &who) {
                     Ok(attr) => reply.attr(self.ttl_for(attr.ino), &attr),
                     Err(e) => reply.error(e),
                 }

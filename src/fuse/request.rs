@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use super::abi::{self, fattr, op, Fields, InHeader};
+use crate::fs::SetAttr;
 use crate::sys::{Errno, SetTime};
 
 /// A decoded request: who asks, and what.
@@ -16,25 +17,6 @@ pub struct Request<'a> {
     pub header: InHeader,
     /// The operation and its arguments.
     pub op: Op<'a>,
-}
-
-/// What a SETATTR request changes (`None`: left alone).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SetAttrIn {
-    /// The open file it came through (ftruncate, futimens).
-    pub fh: Option<u64>,
-    /// New permission bits (and file type bits, which are ignored).
-    pub mode: Option<u32>,
-    /// New owner.
-    pub uid: Option<u32>,
-    /// New group.
-    pub gid: Option<u32>,
-    /// New size.
-    pub size: Option<u64>,
-    /// New access time.
-    pub atime: Option<SetTime>,
-    /// New modification time.
-    pub mtime: Option<SetTime>,
 }
 
 /// One operation with its arguments; names and data borrow the request's buffer.
@@ -53,7 +35,11 @@ pub enum Op<'a> {
     GetAttr {
         fh: Option<u64>,
     },
-    SetAttr(SetAttrIn),
+    /// What a SETATTR changes, and the open file it came through (ftruncate, futimens).
+    SetAttr {
+        fh: Option<u64>,
+        set: SetAttr,
+    },
     ReadLink,
     Symlink {
         name: &'a OsStr,
@@ -244,7 +230,10 @@ fn decode<'a>(opcode: u32, mut f: Fields<'a>, mut r: Fields<'a>) -> Option<Op<'a
                 fh: (flags & abi::GETATTR_FH != 0).then_some(fh),
             }
         }
-        op::SETATTR => Op::SetAttr(setattr(f)?),
+        op::SETATTR => {
+            let (fh, set) = setattr(f)?;
+            Op::SetAttr { fh, set }
+        }
         op::READLINK => Op::ReadLink,
         op::SYMLINK => {
             let name = os(r.name()?);
@@ -408,8 +397,8 @@ fn decode<'a>(opcode: u32, mut f: Fields<'a>, mut r: Fields<'a>) -> Option<Op<'a
     })
 }
 
-/// `struct fuse_setattr_in`.
-fn setattr(mut f: Fields<'_>) -> Option<SetAttrIn> {
+/// `struct fuse_setattr_in`: the open file named, if any, and the changes.
+fn setattr(mut f: Fields<'_>) -> Option<(Option<u64>, SetAttr)> {
     let valid = f.u32()?;
     f.skip(4)?;
     let (fh, size, _lock_owner) = (f.u64()?, f.u64()?, f.u64()?);
@@ -419,15 +408,18 @@ fn setattr(mut f: Fields<'_>) -> Option<SetAttrIn> {
     f.skip(4)?;
     let (uid, gid) = (f.u32()?, f.u32()?);
     let has = |bit: u32| valid & bit != 0;
-    Some(SetAttrIn {
-        fh: has(fattr::FH).then_some(fh),
-        mode: has(fattr::MODE).then_some(mode),
-        uid: has(fattr::UID).then_some(uid),
-        gid: has(fattr::GID).then_some(gid),
-        size: has(fattr::SIZE).then_some(size),
-        atime: time(has(fattr::ATIME), has(fattr::ATIME_NOW), atime, atimensec),
-        mtime: time(has(fattr::MTIME), has(fattr::MTIME_NOW), mtime, mtimensec),
-    })
+    let fh = has(fattr::FH).then_some(fh);
+    Some((
+        fh,
+        SetAttr {
+            mode: has(fattr::MODE).then_some(mode),
+            uid: has(fattr::UID).then_some(uid),
+            gid: has(fattr::GID).then_some(gid),
+            size: has(fattr::SIZE).then_some(size),
+            atime: time(has(fattr::ATIME), has(fattr::ATIME_NOW), atime, atimensec),
+            mtime: time(has(fattr::MTIME), has(fattr::MTIME_NOW), mtime, mtimensec),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -505,15 +497,17 @@ mod tests {
         assert_eq!(fixed.len(), 88);
         let buf = request(op::SETATTR, &fixed, b"");
         match Request::from_device(&buf).unwrap().op {
-            Op::SetAttr(s) => assert_eq!(
-                s,
-                SetAttrIn {
-                    fh: Some(7),
-                    size: Some(100),
-                    mtime: Some(SetTime::Now),
-                    ..SetAttrIn::default()
-                }
-            ),
+            Op::SetAttr { fh, set } => {
+                assert_eq!(fh, Some(7));
+                assert_eq!(
+                    set,
+                    SetAttr {
+                        size: Some(100),
+                        mtime: Some(SetTime::Now),
+                        ..SetAttr::default()
+                    }
+                )
+            }
             other => panic!("{other:?}"),
         }
     }
