@@ -64,6 +64,10 @@ pub struct MountConfig {
     pub timeout: Duration,
     /// Whether open files do their I/O in the kernel, on the layer's file (`passthrough=`).
     pub passthrough: PassthroughMode,
+    /// Read-only opens of lower files of a writable mount get passthrough too
+    /// (`lower_passthrough`): a descriptor opened before a copy-up keeps reading the lower
+    /// file's data.
+    pub lower_passthrough: bool,
     /// Which transport carries requests and answers (`uring=`).
     pub uring: UringMode,
     /// How objects are shown: id mappings, `static_nlink`, `ino32_t`, `noxattrs`,
@@ -207,6 +211,7 @@ impl MountConfig {
             threads: DEFAULT_THREADS,
             timeout: DEFAULT_TIMEOUT,
             passthrough: PassthroughMode::Auto,
+            lower_passthrough: false,
             uring: UringMode::Auto,
             view: View::default(),
             max_inodes: DEFAULT_MAX_INODES,
@@ -244,6 +249,11 @@ impl MountConfig {
             (Some(u), Some(w)) => {
                 cfg.upper = Some((absolute(&u, "upperdir")?, absolute(&w, "workdir")?));
             }
+        }
+        if cfg.lower_passthrough && cfg.passthrough == PassthroughMode::Off {
+            return Err(Error::usage(
+                "lower_passthrough needs passthrough: drop passthrough=off or lower_passthrough",
+            ));
         }
         Ok(cfg)
     }
@@ -368,6 +378,10 @@ impl MountConfig {
                         ))
                     }
                 }
+            }
+            "lower_passthrough" => {
+                flag(value)?;
+                self.lower_passthrough = true;
             }
             "uring" => {
                 self.uring = match value {
@@ -542,6 +556,8 @@ mod tests {
             "lowerdir=/a,markers=bogus",
             "lowerdir=/a,passthrough=maybe",
             "lowerdir=/a,passthrough",
+            "lowerdir=/a,lower_passthrough=1",
+            "lowerdir=/a,lower_passthrough,passthrough=off",
             "lowerdir=/a,uring=maybe",
             "lowerdir=/a,uring",
             "lowerdir=/a,uidmapping=0:1",

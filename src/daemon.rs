@@ -131,7 +131,12 @@ pub fn mount(cfg: &MountConfig) -> Result<(), Error> {
         readahead: cfg.readahead,
         uring: cfg.uring,
     };
-    let fs = OverlayFs::new(Arc::new(core), cfg.timeout, cfg.passthrough);
+    let fs = OverlayFs::new(
+        Arc::new(core),
+        cfg.timeout,
+        cfg.passthrough,
+        cfg.lower_passthrough,
+    );
     if cfg.foreground {
         block_termination_signals()?;
         let mounted = session::mount(fs, &spec).map_err(|e| mount_error(&spec, e))?;

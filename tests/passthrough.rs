@@ -242,3 +242,153 @@ fn passthrough_on_without_the_privilege_is_refused() {
     let out = run(&["-o", "lowerdir=/x,passthrough=yes", m.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap()
+}
+
+/// Opens `path` with `flags` (and `O_CLOEXEC`): the errno of a refusal.
+fn open_errno(path: &Path, flags: i32) -> Result<std::os::fd::OwnedFd, i32> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; the descriptor returned is owned by the caller.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[test]
+fn lower_passthrough_reads_lower_files_of_a_writable_mount_in_the_kernel() {
+    let pair = Pair::writable(&lowers(), "passthrough=on,lower_passthrough,uring=off");
+    let want = read_all(&pair.k("data/big"));
+    drop_page_cache();
+    let before = daemon_read_bytes(&pair.ours.path);
+    assert_eq!(read_all(&pair.o("data/big")), want);
+    let read = daemon_read_bytes(&pair.ours.path) - before;
+    assert!(
+        read < 1 << 20,
+        "reading 8 MiB of a lower file made the daemon read {read} bytes: not passthrough"
+    );
+    // Without the option the same read goes through the daemon (the test above can fail).
+    let plain = Pair::writable(&lowers(), "passthrough=on,uring=off");
+    drop_page_cache();
+    let before = daemon_read_bytes(&plain.ours.path);
+    assert_eq!(read_all(&plain.o("data/big")), want);
+    let read = daemon_read_bytes(&plain.ours.path) - before;
+    assert!(read >= 4 << 20, "the daemon read only {read} bytes");
+    pair.assert_same_tree();
+}
+
+#[test]
+fn lower_passthrough_refuses_changes_to_a_lower_file_while_it_is_read() {
+    let pair = Pair::writable(&lowers(), "passthrough=on,lower_passthrough");
+    let p = pair.o("etc/passwd");
+    let reader = fs::File::open(&p).unwrap();
+    let mut first = String::new();
+    (&reader).read_to_string(&mut first).unwrap();
+    assert_eq!(first, "root:x:0:0\n");
+    for flags in [
+        libc::O_RDWR,
+        libc::O_WRONLY | libc::O_APPEND,
+        libc::O_RDONLY | libc::O_TRUNC,
+    ] {
+        assert_eq!(
+            open_errno(&p, flags).err(),
+            Some(libc::ETXTBSY),
+            "flags {flags:#o}"
+        );
+    }
+    assert_eq!(
+        std::process::Command::new("truncate")
+            .args(["-s", "0"])
+            .arg(&p)
+            .status()
+            .unwrap()
+            .code(),
+        Some(1),
+        "truncate(1) of a lower file being read must fail"
+    );
+    // A metadata change copies up without touching the data: allowed, and a new reader
+    // reads the same bytes.
+    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "root:x:0:0\n");
+    drop(reader);
+    // The last close frees it (after a close in flight, see RELEASE_WAIT): the write lands
+    // in the upper copy only.
+    let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w.write_all(b"appended\n").unwrap();
+    drop(w);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "root:x:0:0\nappended\n");
+    // A mapping made before a copy-up keeps showing the lower data, as on the kernel
+    // overlay (checked on both).
+    pair.both("map, close, overwrite", |m| {
+        let p = m.join("etc/hosts");
+        let reader = fs::File::open(&p).unwrap();
+        // SAFETY: a private read-only mapping of an open file; unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                reader.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        drop(reader);
+        let w = fs::OpenOptions::new().write(true).open(&p).map_err(errno)?;
+        w.write_all_at(b"TOP", 0).unwrap();
+        drop(w);
+        // SAFETY: the mapping above is 4096 bytes long and readable.
+        let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, 10) }.to_vec();
+        // SAFETY: the mapping made above, of 4096 bytes.
+        assert_eq!(unsafe { libc::munmap(map, 4096) }, 0);
+        Ok((mapped, fs::read_to_string(&p).unwrap()))
+    });
+    assert_eq!(
+        fs::read(pair.scratch.path("o1/etc/passwd")).unwrap(),
+        b"root:x:0:0\n",
+        "the lower file changed"
+    );
+    assert_eq!(
+        fs::read(pair.scratch.path("o0/etc/hosts")).unwrap(),
+        b"top hosts\n",
+        "the lower file changed"
+    );
+    assert_eq!(
+        fs::read(pair.scratch.path("ou/etc/passwd")).unwrap(),
+        b"root:x:0:0\nappended\n"
+    );
+}
+
+#[test]
+fn lower_passthrough_leaves_writes_to_files_not_being_read_alone() {
+    // Only a lower file held open for reading is refused: with no reader, writes, truncates
+    // and appends behave as on the kernel overlay, and the upper copy is passed through.
+    let pair = Pair::writable(&lowers(), "passthrough=on,lower_passthrough");
+    pair.both("write, truncate, read", |m| {
+        let p = m.join("data/big");
+        let before = fs::read(&p).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.set_len(1 << 20).unwrap();
+        drop(f);
+        std::process::Command::new("truncate")
+            .args(["-s", "4096"])
+            .arg(m.join("etc/passwd"))
+            .status()
+            .unwrap();
+        let after = fs::read(&p).unwrap();
+        Ok((before.len(), after[..16].to_vec(), after.len()))
+    });
+    pair.assert_same_tree();
+}

@@ -11,13 +11,15 @@ the run, and the run fails loudly if they changed.
 Needs root (kernel overlay mounts, drop_caches) and Python 3 only. Usage:
     sudo tools/bench.py [--rounds 5] [--only copy-up,delete] [--quick] [--ours PATH]
                         [--extra NAME=PATH ...] [--workdir DIR] [--out FILE.md]
-                        [--svg FILE.svg] [--json FILE.json] [--writable] [size flags]
+                        [--svg FILE.svg] [--json FILE.json] [--writable]
+                        [--lower-passthrough] [--no-uring] [size flags]
 
 Contenders: "kernel" (mount -t overlay), "overlayfuse" (--ours, default
 target/release/overlayfuse, with uring=off: requests read from /dev/fuse; copy it elsewhere
 first if the tree may be rebuilt during the run), "overlayfuse-uring" (the same binary with
 uring=on: FUSE over io_uring; /sys/module/fuse/parameters/enable_uring is set to 1 for the run
-and put back after; --no-uring leaves it out),
+and put back after; --no-uring leaves it out), "overlayfuse-lowerpt" with --lower-passthrough
+(uring=off,lower_passthrough: lower files of writable mounts read through passthrough),
 "fuse-overlayfs" (if on PATH) and each --extra NAME=PATH (fuse-overlayfs command line:
 PROG -o lowerdir=A:B[,upperdir=U,workdir=W] MNT, daemonizing once the mount is live).
 
@@ -105,7 +107,7 @@ class Contender:
     prog: str = ""
     nofsync: str = "volatile"  # mount option turning off the copy-up fsync
     log: str = ""
-    opts: str = ""  # extra mount options (overlayfuse's transport)
+    opts: str = ""  # extra mount options (overlayfuse's transport, lower_passthrough)
     counts: bool = False  # run in the foreground and read the request counts it logs
 
 
@@ -707,6 +709,8 @@ def parse_args():
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                     help="another program with the fuse-overlayfs command line")
     ap.add_argument("--no-fuse-overlayfs", action="store_true")
+    ap.add_argument("--lower-passthrough", action="store_true",
+                    help="add overlayfuse-lowerpt: -o lower_passthrough (on /dev/fuse)")
     ap.add_argument("--no-uring", action="store_true",
                     help="no overlayfuse-uring contender (the kernel switch is left alone)")
     ap.add_argument("--workdir", default="/var/tmp",
@@ -747,6 +751,9 @@ def main():
             sys.exit(f"bench: {RING_SWITCH}: {e}: no FUSE over io_uring here; use --no-uring")
         contenders.append(Contender("overlayfuse-uring", "fuse", a.ours, opts="uring=on",
                                     counts=True))
+    if a.lower_passthrough:
+        contenders.append(Contender("overlayfuse-lowerpt", "fuse", a.ours,
+                                    opts="uring=off,lower_passthrough", counts=True))
     if shutil.which("fuse-overlayfs") and not a.no_fuse_overlayfs:
         contenders.append(Contender("fuse-overlayfs", "fuse", shutil.which("fuse-overlayfs"),
                                     "fsync=0"))

@@ -176,7 +176,8 @@ Mount options (-o, comma-separated): lowerdir=A:B, upperdir=U, workdir=W, ro, de
   relatime, strictatime, noatime, atime,
   allow_other, fsync=0|1, volatile, markers=auto|kernel|userxattr|aufs (how whiteouts and
   opaque dirs are written; userxattr is a synonym of markers=userxattr), passthrough=auto|on|off,
-  uidmapping=DISK:SHOWN:LEN[:...], gidmapping=..., squash_to_root, squash_to_uid=N,
+  lower_passthrough (passthrough for lower files of writable mounts too; while one is open
+  for reading, opens for writing and truncates of it fail with ETXTBSY), uidmapping=DISK:SHOWN:LEN[:...], gidmapping=..., squash_to_root, squash_to_uid=N,
   squash_to_gid=N, static_nlink, ino32_t, noxattrs, xattr_permissions=1|2 (as fuse-overlayfs);
   options of the kernel overlay and of SELinux that do not apply (context=, metacopy=,
   redirect_dir=, index=, xino=, ...) are accepted and ignored. Without -f the command returns once the mount is live.";

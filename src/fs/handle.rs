@@ -260,10 +260,10 @@ impl Overlay {
     /// An upper object gets a read-write descriptor, whatever `fh` was opened for: the kernel
     /// keeps one backing file per inode, shared by every open of it. That is the handle's own
     /// where it is plain read-write (the kernel takes its own reference), else a new one. A
-    /// lower object gets its read-only descriptor only when `lower_frozen` says it can never
-    /// be copied up (no upper layer): a passthrough read keeps reading the file it was given,
-    /// so a lower backing file would not follow a copy-up the way [`Overlay::read`] does.
-    pub fn passthrough_file(&self, fh: u64, lower_frozen: bool) -> Option<Arc<File>> {
+    /// lower object gets its read-only descriptor only when `lower` allows it (no upper
+    /// layer, or `lower_passthrough`): a passthrough read keeps reading the file it was given,
+    /// so a lower backing file does not follow a copy-up the way [`Overlay::read`] does.
+    pub fn passthrough_file(&self, fh: u64, lower: bool) -> Option<Arc<File>> {
         let h = self.handle(fh).ok()?;
         if h.on_upper.load(Ordering::Acquire) {
             if h.node.is_unlinked() {
@@ -278,10 +278,18 @@ impl Overlay {
                 .ok()
                 .map(Arc::new);
         }
-        if lower_frozen {
+        if lower {
             return Some(h.file());
         }
         None
+    }
+
+    /// True when open file `fh` is a descriptor of the upper layer's file (false for a lower
+    /// one, and for an unknown `fh`).
+    pub fn handle_on_upper(&self, fh: u64) -> bool {
+        self.files
+            .get(&fh)
+            .is_some_and(|h| h.on_upper.load(Ordering::Acquire))
     }
 
     /// Closes open file `fh`; true when it was the last one open for writing of its object.

@@ -117,13 +117,19 @@ fn reply_empty(r: Result<(), Errno>, reply: &mut Reply) {
 
 impl OverlayFs {
     /// Serves `core`, letting the kernel cache entries and attributes for `ttl`, with FUSE
-    /// passthrough as `passthrough` asks.
-    pub fn new(core: Arc<Overlay>, ttl: Duration, passthrough: PassthroughMode) -> OverlayFs {
+    /// passthrough as `passthrough` asks, for read-only opens of lower files of a writable
+    /// mount too where `lower_passthrough` says so.
+    pub fn new(
+        core: Arc<Overlay>,
+        ttl: Duration,
+        passthrough: PassthroughMode,
+        lower_passthrough: bool,
+    ) -> OverlayFs {
         OverlayFs {
             core,
             ttl,
             device: OnceLock::new(),
-            passthrough: Passthrough::new(passthrough),
+            passthrough: Passthrough::new(passthrough, lower_passthrough),
         }
     }
 
@@ -246,6 +252,10 @@ impl OverlayFs {
             },
             Op::SetAttr { fh, set } => {
                 let who = RequestPrivileges::of(req);
+                let _change = match set.size.map(|_| self.passthrough.begin_change(ino)) {
+                    Some(Err(e)) => return reply.error(e),
+                    change => change,
+                };
                 match core.setattr(ino, *fh, set, &who) {
                     Ok(attr) => reply.attr(self.ttl_for(attr.ino), &attr),
                     Err(e) => reply.error(e),
@@ -384,6 +394,11 @@ impl OverlayFs {
     }
 
     fn open(&self, ino: u64, flags: i32, reply: &mut Reply) {
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let _change = match writes.then(|| self.passthrough.begin_change(ino)) {
+            Some(Err(e)) => return reply.error(e),
+            change => change,
+        };
         let fh = match self.core.open(ino, flags) {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),

@@ -7,18 +7,29 @@
 //! later open shares the first one's backing file, or stays cached with it.
 //!
 //! What gets a backing file is decided by [`Overlay::passthrough_file`]: upper files always
-//! (read-write, so a later write open can share it), lower files only where they can never be
-//! copied up. A lower file of a writable mount stays on cached I/O, so a descriptor opened
-//! before a copy-up reads the new data after it, and no write can ever reach a lower file.
-
+//! (read-write, so a later write open can share it), lower files where they can never be
+//! copied up (a read-only mount). By default a lower file of a writable mount stays on
+//! cached I/O, so a descriptor opened before a copy-up reads the new data after it.
+//!
+//! `lower_passthrough` gives a lower file of a writable mount its lower file as backing
+//! file too when its first open is read-only, at one documented cost: while that backing
+//! file is held (until the last open of the inode is closed, mappings included), the file's
+//! data cannot change through the mount. An open for writing or a truncate of it fails with
+//! `ETXTBSY`, as writing a running executable does. That keeps every guarantee of the
+//! default: the kernel takes only opens with the inode's one backing file, so a writer could
+//! otherwise only share the lower one (its shared mappings would store into the lower
+//! file), and the readers would go on reading the lower data after a copy-up.
+//!
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use parking_lot::{Condvar, Mutex};
 
 use super::abi::init;
 use super::Negotiation;
@@ -70,10 +81,21 @@ pub enum OpenIo {
     Cached,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct InodeIo {
-    io: OpenIo,
+    /// Chosen at the first open; `None` while only changes are under way.
+    io: Option<OpenIo>,
+    /// The backing file is a lower file: the data must not change while it is held.
+    on_lower: bool,
     opens: usize,
+    /// Opens for writing and truncates under way ([`Passthrough::begin_change`]).
+    changing: usize,
+}
+
+impl InodeIo {
+    fn lower_backed(&self) -> bool {
+        self.on_lower && matches!(self.io, Some(OpenIo::Backed(_)))
+    }
 }
 
 /// The passthrough state of a mount: whether the kernel agreed to it, and the I/O mode of
@@ -81,21 +103,37 @@ struct InodeIo {
 #[derive(Debug)]
 pub struct Passthrough {
     mode: PassthroughMode,
+    /// Lower files of a writable mount get their lower file as backing file too.
+    lower: bool,
     /// The kernel accepted passthrough at INIT: opens are tracked per inode.
     negotiated: AtomicBool,
     /// Registering a backing file failed once: new inodes stay cached.
     failed: AtomicBool,
     inodes: DashMap<u64, InodeIo>,
+    /// Held while a change waits for a lower backing file to be let go, and while a release
+    /// lets one go (so the wake-up cannot be missed).
+    release_lock: Mutex<()>,
+    /// Woken when an inode's lower backing file is let go.
+    released: Condvar,
 }
 
+/// How long a change waits for the last close of a lower file read through passthrough
+/// before it is refused: the kernel sends the RELEASE of a closed file in the background, so
+/// it can reach the daemon after an open made right after the close.
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
+
 impl Passthrough {
-    /// Passthrough as `mode` asks.
-    pub fn new(mode: PassthroughMode) -> Passthrough {
+    /// Passthrough as `mode` asks; `lower` also for read-only opens of lower files of a
+    /// writable mount (`lower_passthrough`).
+    pub fn new(mode: PassthroughMode, lower: bool) -> Passthrough {
         Passthrough {
             mode,
+            lower,
             negotiated: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             inodes: DashMap::new(),
+            release_lock: Mutex::new(()),
+            released: Condvar::new(),
         }
     }
 
@@ -123,7 +161,12 @@ impl Passthrough {
             return Ok(());
         }
         self.negotiated.store(true, Ordering::Release);
-        if core.has_upper() {
+        if core.has_upper() && self.lower {
+            log::info!(
+                "passthrough: on for every file (lower_passthrough: a lower file open for \
+                 reading cannot be opened for writing or truncated: ETXTBSY)"
+            );
+        } else if core.has_upper() {
             log::info!(
                 "passthrough: on for files of the upper layer; lower files use cached I/O \
                  until copied up (so a read-only descriptor follows a copy-up)"
@@ -132,6 +175,53 @@ impl Passthrough {
             log::info!("passthrough: on for every file (read-only mount)");
         }
         Ok(())
+    }
+
+    /// Announces a change of the data of inode `ino` (an open for writing, a truncate),
+    /// before it is made; the change is under way until the guard is dropped (after the
+    /// open's [`Passthrough::choose`]). `ETXTBSY` while the inode's backing file is a lower
+    /// file (after [`RELEASE_WAIT`] for a close in flight): the change would not reach the
+    /// descriptors reading it.
+    pub fn begin_change(&self, ino: u64) -> Result<Change<'_>, Errno> {
+        if !self.lower || !self.negotiated.load(Ordering::Acquire) {
+            return Ok(Change(None));
+        }
+        if self.try_begin_change(ino) {
+            return Ok(Change(Some((self, ino))));
+        }
+        let deadline = Instant::now() + RELEASE_WAIT;
+        let mut guard = self.release_lock.lock();
+        loop {
+            if self.try_begin_change(ino) {
+                return Ok(Change(Some((self, ino))));
+            }
+            if self.released.wait_until(&mut guard, deadline).timed_out() {
+                return match self.try_begin_change(ino) {
+                    true => Ok(Change(Some((self, ino)))),
+                    false => Err(Errno::ETXTBSY),
+                };
+            }
+        }
+    }
+
+    /// Counts a change of `ino` as under way, unless its backing file is a lower file.
+    fn try_begin_change(&self, ino: u64) -> bool {
+        let mut state = self.inodes.entry(ino).or_default();
+        if state.lower_backed() {
+            return false;
+        }
+        state.changing += 1;
+        true
+    }
+
+    fn end_change(&self, ino: u64) {
+        if let Entry::Occupied(mut e) = self.inodes.entry(ino) {
+            let state = e.get_mut();
+            state.changing = state.changing.saturating_sub(1);
+            if state.opens == 0 && state.changing == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// Chooses the I/O of open file `fh` of inode `ino`, which `core` has just opened.
@@ -146,21 +236,22 @@ impl Passthrough {
         if !self.negotiated.load(Ordering::Acquire) {
             return OpenIo::Cached;
         }
-        match self.inodes.entry(ino) {
-            Entry::Occupied(mut e) => {
-                let state = e.get_mut();
-                state.opens += 1;
-                state.io.clone()
-            }
-            Entry::Vacant(v) => {
-                let io = self.first_open(core, fh, register);
-                v.insert(InodeIo {
-                    io: io.clone(),
-                    opens: 1,
-                });
-                io
-            }
+        let mut state = self.inodes.entry(ino).or_default();
+        state.opens += 1;
+        if let Some(io) = &state.io {
+            return io.clone();
         }
+        let on_lower = !core.handle_on_upper(fh);
+        // A lower file whose data is being changed must not get its lower file as backing:
+        // the change is on its way into the upper copy.
+        let io = if on_lower && state.changing > 0 {
+            OpenIo::Cached
+        } else {
+            self.first_open(core, fh, register)
+        };
+        state.on_lower = on_lower;
+        state.io = Some(io.clone());
+        io
     }
 
     fn first_open(
@@ -172,7 +263,7 @@ impl Passthrough {
         if self.failed.load(Ordering::Relaxed) {
             return OpenIo::Cached;
         }
-        let Some(file) = core.passthrough_file(fh, !core.has_upper()) else {
+        let Some(file) = core.passthrough_file(fh, self.lower || !core.has_upper()) else {
             return OpenIo::Cached;
         };
         match register(&file) {
@@ -193,7 +284,7 @@ impl Passthrough {
     pub fn backed(&self, ino: u64) -> bool {
         self.inodes
             .get(&ino)
-            .is_some_and(|s| matches!(s.io, OpenIo::Backed(_)))
+            .is_some_and(|s| matches!(s.io, Some(OpenIo::Backed(_))))
     }
 
     /// Notes that an open file of inode `ino` was closed.
@@ -201,13 +292,38 @@ impl Passthrough {
         if !self.negotiated.load(Ordering::Acquire) {
             return;
         }
-        if let Entry::Occupied(mut e) = self.inodes.entry(ino) {
-            let state = e.get_mut();
-            state.opens = state.opens.saturating_sub(1);
-            if state.opens == 0 {
-                // Drops the backing id: the kernel holds its own reference for open files.
-                e.remove();
-            }
+        let Entry::Occupied(mut e) = self.inodes.entry(ino) else {
+            return;
+        };
+        let state = e.get_mut();
+        state.opens = state.opens.saturating_sub(1);
+        if state.opens > 0 {
+            return;
+        }
+        let was_lower = state.lower_backed();
+        // Drops the backing id: the kernel holds its own reference for open files.
+        if state.changing == 0 {
+            e.remove();
+        } else {
+            state.io = None;
+            drop(e);
+        }
+        if was_lower {
+            // Not under the map's lock: a waiting change takes this one first.
+            let _guard = self.release_lock.lock();
+            self.released.notify_all();
+        }
+    }
+}
+
+/// A change of an inode's data under way ([`Passthrough::begin_change`]); ends when dropped.
+#[derive(Debug)]
+pub struct Change<'a>(Option<(&'a Passthrough, u64)>);
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if let Some((p, ino)) = self.0 {
+            p.end_change(ino);
         }
     }
 }
