@@ -20,6 +20,7 @@ pub mod error;
 pub mod features;
 pub mod fs;
 pub mod fuse;
+pub mod image;
 pub mod logger;
 pub mod manual;
 pub mod oci;

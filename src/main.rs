@@ -5,7 +5,7 @@ use overlayfuse::cli::{self, Command};
 use overlayfuse::config::run::RunConfig;
 use overlayfuse::config::MountConfig;
 use overlayfuse::error::Error;
-use overlayfuse::{commit, daemon, demo, diff, features, logger, manual, runtime};
+use overlayfuse::{commit, daemon, demo, diff, features, image, logger, manual, runtime};
 
 fn run() -> Result<(), Error> {
     match cli::parse(std::env::args_os().collect())? {
@@ -18,6 +18,7 @@ fn run() -> Result<(), Error> {
         Command::Demo => demo::run(),
         Command::Diff(args) => diff::run(&args),
         Command::Commit(args) => commit::run(&args),
+        Command::Image(args) => image::run(&args),
         Command::Features => {
             features::run();
             Ok(())

@@ -50,6 +50,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write an upper layer as an OCI layer tarball.
     Commit(CommitArgs),
+    /// Import, list, inspect, remove or export images of a store.
+    Image(ImageArgs),
     /// Print which kernel features this machine offers and which a mount will use.
     Features,
     /// Print the shell completion script for a shell.
@@ -58,6 +60,55 @@ pub enum Command {
     Manpages(PathBuf),
     /// Print this text (help or version) and exit 0.
     Print(String),
+}
+
+/// An `image` request as written.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct ImageArgs {
+    /// The image store (default: /var/lib/overlayfuse as root, else
+    /// $XDG_DATA_HOME/overlayfuse).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub store: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// The `image` subcommands.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI archive (`podman save --format oci-archive`) or OCI image layout
+    /// directory: every blob is checked against its digest, each layer unpacked once into
+    /// the store, and the image recorded under its name. Prints the name and the image id.
+    Import {
+        /// The name to record it under (default: the name the archive gives it).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The archive file or layout directory.
+        #[arg(value_name = "FILE|DIR")]
+        source: PathBuf,
+    },
+    /// List the images of the store: name, id, layers, size.
+    Ls,
+    /// Print an image as JSON: its id, layers, layer directories (as a lowerdir) and config.
+    Inspect {
+        /// The image.
+        name: String,
+    },
+    /// Remove images; layers and blobs another image uses stay.
+    Rm {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Write an image as an OCI archive, which `podman load` reads.
+    Export {
+        /// The image.
+        name: String,
+        /// The archive to write (replaced atomically).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 /// A `commit` request as written.
@@ -241,6 +292,9 @@ enum Sub {
     /// deletions as `.wh.NAME`, directories made anew with `.wh..wh..opq`; the same layers
     /// give the same bytes.
     Commit(CommitArgs),
+    /// OCI images in a local store: import an OCI archive or layout (every digest checked,
+    /// each layer unpacked once), list, inspect, remove, export for podman load.
+    Image(ImageArgs),
     /// Print which kernel features this machine offers and which of them a mount will use
     /// (passthrough, FUSE over io_uring, the *xattrat calls, mount_setattr, inode pruning),
     /// each with the reason when it will not.
@@ -266,8 +320,9 @@ Examples:
 As a user other than root, the container runs in a user namespace that maps the user to root
 and, through newuidmap/newgidmap, the user's /etc/subuid and /etc/subgid ranges to 1 and up.";
 
-const SUBCOMMANDS: [&str; 12] = [
+const SUBCOMMANDS: [&str; 13] = [
     "mount",
+    "image",
     "umount",
     "demo",
     "run",
@@ -349,6 +404,7 @@ fn parse_subcommand(args: Vec<OsString>) -> Result<Command, Error> {
         Sub::Run(args) => Command::Run(args),
         Sub::Diff(args) => Command::Diff(args),
         Sub::Commit(args) => Command::Commit(args),
+        Sub::Image(args) => Command::Image(args),
         Sub::Features => Command::Features,
         Sub::Completions { shell } => Command::Completions(shell),
         Sub::Manpages { dir } => Command::Manpages(dir),

@@ -17,3 +17,15 @@ pub fn try_exclusive(file: &File) -> Result<bool, Errno> {
         Err(e) => Err(e),
     }
 }
+
+/// Takes an exclusive flock on `file`, waiting for another holder to let go.
+pub fn exclusive(file: &File) -> Result<(), Errno> {
+    loop {
+        // SAFETY: the fd is live for the duration of the call; flock only reads it.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        match check(ret.into()) {
+            Err(Errno::EINTR) => continue,
+            r => return r.map(drop),
+        }
+    }
+}
