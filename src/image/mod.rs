@@ -8,6 +8,8 @@ pub mod import;
 pub mod progress;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod unpack;
 
 use std::path::{Path, PathBuf};

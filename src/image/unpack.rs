@@ -134,7 +134,7 @@ fn join(comps: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Seconds and nanoseconds of a PAX time (`1700000000.25`, `-1.5`).
-fn pax_time(v: &str) -> Option<(i64, i64)> {
+pub(super) fn pax_time(v: &str) -> Option<(i64, i64)> {
     let (neg, v) = match v.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, v),
@@ -198,6 +198,10 @@ impl Unpacker<'_> {
             // AUFS's own bookkeeping (`.wh..wh.plnk`, ...): not part of the image.
             return Ok(());
         }
+        if name.starts_with(marker::WHITEOUT_PREFIX) {
+            // `.wh.`, `.wh..`, `.wh...`: a whiteout of no name, of `.` or of `..`.
+            return Err(fail("a whiteout of a name no entry can have".into()));
+        }
         let os = OsStr::from_bytes(name);
         let errno = |what: &str, e: Errno| fail(format!("cannot {what}: {e}"));
         use tar::EntryType as T;
@@ -232,6 +236,9 @@ impl Unpacker<'_> {
                     io::ErrorKind::UnexpectedEof => fail("the archive ends inside its data".into()),
                     _ => fail(format!("cannot write its data: {e}")),
                 })?;
+                if written != size {
+                    return Err(fail("the archive ends inside its data".into()));
+                }
                 self.free = self.free.saturating_sub(written);
                 self.done.bytes += written;
                 self.apply_to_file(&file, &meta).map_err(&fail)?;
