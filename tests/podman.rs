@@ -29,7 +29,7 @@ const LAST: &str = "rm -rf /base/keep && mkdir /base/keep && echo again > /base/
 /// What a running container changes before `podman diff` and `commit`.
 const CHANGES: &str = "rm /base/rmfile && rm -rf /base/gone && mkdir /base/gone && echo n > /base/gone/n && echo add > /new && echo mod >> /base/app && chmod 700 /base/redo";
 
-fn need_tools() {
+pub(crate) fn need_tools() {
     for tool in ["podman", "runc", "newuidmap", "busybox"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -45,14 +45,14 @@ fn need_tools() {
 }
 
 /// A podman storage: ours (`mount_program`) or the kernel overlay driver, root or rootless.
-struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     user: Option<u32>,
     program: Option<PathBuf>,
 }
 
 impl Store {
-    fn new(dir: PathBuf, user: Option<u32>, program: Option<PathBuf>) -> Store {
+    pub(crate) fn new(dir: PathBuf, user: Option<u32>, program: Option<PathBuf>) -> Store {
         fs::create_dir_all(dir.join("run")).unwrap();
         fs::write(
             dir.join("containers.conf"),
@@ -74,7 +74,7 @@ impl Store {
         Store { dir, user, program }
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut c = match self.user {
             Some(uid) => {
                 let mut c = Command::new("setpriv");
@@ -106,14 +106,14 @@ impl Store {
     }
 
     /// Runs podman with `args`; its stdout.
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         let out = must(self.command().args(args));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 
 /// The base image: busybox, setfattr and a tree the steps change.
-fn base_rootfs(dir: &Path) {
+pub(crate) fn base_rootfs(dir: &Path) {
     for d in [
         "bin",
         "etc",
@@ -161,7 +161,7 @@ fn base_rootfs(dir: &Path) {
     must(Command::new("chown").arg("7:7").arg(dir.join("base/redo")));
 }
 
-fn containerfile() -> String {
+pub(crate) fn containerfile() -> String {
     let mut f = String::from("FROM base:1 AS first\n");
     for step in FIRST {
         f += &format!("RUN {step}\n");
@@ -212,7 +212,7 @@ const LINKED_ACROSS_LAYERS: [&str; 2] = ["base/keep/a", "base/keep/hard"];
 
 /// What is compared of an image entry: all but times, directory link counts and the link
 /// counts of [`LINKED_ACROSS_LAYERS`]; contents by length and digest.
-fn comparable(t: &tree::Tree) -> BTreeMap<PathBuf, Entry> {
+pub(crate) fn comparable(t: &tree::Tree) -> BTreeMap<PathBuf, Entry> {
     t.entries
         .iter()
         .map(|(p, e)| {
@@ -244,7 +244,7 @@ const PODMAN_SCAFFOLD: [&str; 8] = [
     "etc/resolv.conf",
 ];
 
-fn differences(
+pub(crate) fn differences(
     what: &str,
     got: &BTreeMap<PathBuf, Entry>,
     want: &BTreeMap<PathBuf, Entry>,

@@ -11,6 +11,7 @@ mod cli;
 mod commit;
 mod crash;
 mod diff;
+mod images;
 mod options;
 mod passthrough;
 mod podman;

@@ -280,10 +280,12 @@ fn store_blob(store: &Store, source: &Source, blob: &Blob) -> Result<(), Error> 
         out.sync_all()?;
         r.finish()
     };
-    let (got, n) =
-        copy().map_err(|e| Error::runtime(format!("cannot copy blob {}: {e}", blob.digest)))?;
-    check_blob(&blob.digest, blob.size, &got, n)?;
-    store.commit_blob(&tmp, &blob.digest)
+    let copied = copy()
+        .map_err(|e| Error::runtime(format!("cannot copy blob {}: {e}", blob.digest)))
+        .and_then(|(got, n)| check_blob(&blob.digest, blob.size, &got, n))
+        .and_then(|()| store.commit_blob(&tmp, &blob.digest));
+    let _ = super::store::remove_tree(&dir);
+    copied
 }
 
 /// Unpacks the stored blob `blob` into a new layer of the store, checked against `diff_id`.
@@ -297,10 +299,9 @@ fn unpack_layer(
 ) -> Result<Unpacked, String> {
     let scratch = store.scratch("layer").map_err(|e| e.message)?;
     let result = unpack_into(store, blob, packing, diff_id, &scratch, label, progress);
-    if result.is_err() {
-        // The half-unpacked layer goes now (else at the store's next opening).
-        let _ = super::store::remove_tree(&scratch);
-    }
+    // What is left: nothing once the layer is in place, else the half-unpacked layer, which
+    // goes now (else at the store's next opening).
+    let _ = super::store::remove_tree(&scratch);
     result
 }
 

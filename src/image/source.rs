@@ -41,7 +41,10 @@ impl Source {
             (path.to_path_buf(), false)
         } else {
             let dir = store.scratch("archive")?;
-            extract(path, &dir)?;
+            if let Err(e) = extract(path, &dir) {
+                let _ = super::store::remove_tree(&dir);
+                return Err(e);
+            }
             (dir, true)
         };
         let root = Dir::open_root(&dir)

@@ -1,0 +1,438 @@
+//! `overlayfuse image`: an image built by podman (with deletions and re-created directories in
+//! its layers) imported, mounted and compared with podman's own tree of it, exported and
+//! loaded back into podman; and one test per kind of hostile input, fed through the command
+//! line: each refused with exit status 2 and one line naming it, nothing entering the store.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+use crate::podman::{base_rootfs, comparable, containerfile, differences, need_tools, Store};
+use crate::util::{self, must, tree, Scratch};
+
+use overlayfuse::oci::tar::{Header, Kind, Writer};
+
+fn ofs(store: &Path, args: &[&str]) -> Output {
+    Command::new(util::bin())
+        .arg("image")
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The lower dirs `image inspect` gives for `name`.
+fn lowers(store: &Path, name: &str) -> Vec<PathBuf> {
+    let v: serde_json::Value = serde_json::from_str(&ok(ofs(store, &["inspect", name]))).unwrap();
+    v["lowerdir"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn entries(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_podman_image_imports_mounts_as_podman_shows_it_and_exports_back() {
+    need_tools();
+    let scratch = tempfile::Builder::new()
+        .prefix("ofs-img")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let work = scratch.path();
+    fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
+    let base = work.join("base");
+    base_rootfs(&base);
+    let ctx = work.join("p");
+    fs::create_dir(&ctx).unwrap();
+    must(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&base)
+            .arg("-cf")
+            .arg(ctx.join("base.tar"))
+            .arg("."),
+    );
+    fs::write(ctx.join("Containerfile"), containerfile()).unwrap();
+    let p = Store::new(ctx.clone(), None, None);
+    p.run(&["import", "-q", "base.tar", "base:1"]);
+    p.run(&["build", "-q", "--network", "none", "-t", "last:1", "."]);
+    let podman_id = p.run(&["image", "inspect", "--format", "{{.Id}}", "last:1"]);
+    let archive = work.join("last.tar");
+    p.run(&[
+        "save",
+        "-q",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        "last:1",
+    ]);
+    let mnt = PathBuf::from(p.run(&["image", "mount", "last:1"]));
+    let podman_tree = comparable(&tree::snapshot(&mnt));
+    p.run(&["image", "unmount", "last:1"]);
+
+    let store = work.join("store");
+    let said = ok(ofs(&store, &["import", archive.to_str().unwrap()]));
+    assert_eq!(said, format!("localhost/last:1 sha256:{podman_id}"));
+    let listed = ok(ofs(&store, &["ls"]));
+    assert!(
+        listed.contains("localhost/last:1") && listed.contains(&podman_id[..12]),
+        "{listed}"
+    );
+
+    // Our mount of the store's layers, and the kernel overlay's, show podman's tree.
+    let layers = lowers(&store, "localhost/last:1");
+    assert!(layers.len() >= 3, "{layers:?}");
+    let ours_at = work.join("m-ours");
+    let kernel_at = work.join("m-kernel");
+    fs::create_dir(&ours_at).unwrap();
+    fs::create_dir(&kernel_at).unwrap();
+    {
+        let _ours = util::mount_ours(&layers, &ours_at);
+        let _kernel = util::mount_kernel(&layers, &kernel_at, &work.join("spare"));
+        for (what, at) in [("overlayfuse", &ours_at), ("kernel overlay", &kernel_at)] {
+            let got = comparable(&tree::snapshot(at));
+            let diffs = differences(what, &got, &podman_tree, false);
+            assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+        }
+    }
+
+    // Export, remove from podman, load: the same id, the same tree, and it runs.
+    let out = work.join("export.tar");
+    ok(ofs(
+        &store,
+        &["export", "localhost/last:1", "-o", out.to_str().unwrap()],
+    ));
+    p.run(&["rmi", "-f", "last:1"]);
+    p.run(&["load", "-q", "-i", out.to_str().unwrap()]);
+    let loaded_id = p.run(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "localhost/last:1",
+    ]);
+    assert_eq!(loaded_id, podman_id);
+    let mnt = PathBuf::from(p.run(&["image", "mount", "localhost/last:1"]));
+    let again = comparable(&tree::snapshot(&mnt));
+    p.run(&["image", "unmount", "localhost/last:1"]);
+    let diffs = differences("after export and load", &again, &podman_tree, false);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let ran = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/last:1",
+        "cat",
+        "/base/keep/b",
+    ]);
+    assert_eq!(ran, "again");
+
+    // A second name for the same image shares its layers; removing one keeps them.
+    let layer_count = entries(&store.join("layers"));
+    ok(ofs(
+        &store,
+        &["import", "--name", "copy:1", archive.to_str().unwrap()],
+    ));
+    assert_eq!(entries(&store.join("layers")), layer_count);
+    ok(ofs(&store, &["rm", "localhost/last:1"]));
+    assert_eq!(entries(&store.join("layers")), layer_count);
+    let missing = ofs(&store, &["rm", "localhost/last:1"]);
+    assert_eq!(missing.status.code(), Some(1));
+    ok(ofs(&store, &["rm", "copy:1"]));
+    assert_eq!(entries(&store.join("layers")), 0);
+    assert_eq!(entries(&store.join("blobs/sha256")), 0);
+    assert_eq!(entries(&store.join("tmp")), 0);
+    let _ = p.command().args(["system", "reset", "-f"]).output();
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let hex: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+fn entry(path: &str, kind: Kind) -> Header {
+    Header {
+        path: path.as_bytes().to_vec(),
+        mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+        kind,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        xattrs: Vec::new(),
+    }
+}
+
+fn tarball(entries: &[(Header, &[u8])]) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new());
+    for (h, data) in entries {
+        w.append(h, Some(&mut &data[..])).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// An OCI image layout at `dir` with one uncompressed layer `layer`; `diff_id` overrides the
+/// diff id its config lists. Returns the layer blob's path.
+fn layout(dir: &Path, layer: &[u8], diff_id: Option<&str>) -> PathBuf {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = sha256(bytes);
+        fs::write(blobs.join(&d[7..]), bytes).unwrap();
+        d
+    };
+    let layer_digest = put(layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.map(str::to_owned).unwrap_or_else(|| layer_digest.clone())]},
+        "config": {"Cmd": ["/bin/sh"]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = put(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = put(&manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": "hostile:1"}}],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    blobs.join(&layer_digest[7..])
+}
+
+/// Imports the layout `dir` into a new store and checks the refusal: exit 2, one line
+/// saying `saying`, and nothing entering the store.
+fn refused(s: &Scratch, dir: &Path, saying: &str) {
+    let store = s.path("store");
+    let out = ofs(&store, &["import", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(saying), "'{err}' does not say '{saying}'");
+    assert_eq!(
+        entries(&store.join("layers")),
+        0,
+        "a layer entered the store"
+    );
+    assert_eq!(
+        entries(&store.join("tmp")),
+        0,
+        "work in progress was left behind"
+    );
+    assert_eq!(entries(&store.join("blobs/sha256")), 0, "blobs were kept");
+    assert!(
+        ok(ofs(&store, &["ls"])).lines().count() == 1,
+        "an image was recorded"
+    );
+    fs::remove_dir_all(&store).unwrap();
+}
+
+#[test]
+fn hostile_layer_entries_are_refused_by_name_and_nothing_enters_the_store() {
+    let s = Scratch::new();
+    let outside = s.mkdir("outside");
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        (
+            "absolute",
+            tarball(&[(entry("/etc/x", Kind::File(1)), b"x")]),
+            "entry '/etc/x': an absolute path".into(),
+        ),
+        (
+            "dotdot",
+            tarball(&[(entry("a/../../x", Kind::File(1)), b"x")]),
+            "entry 'a/../../x'".into(),
+        ),
+        (
+            "symlinked parent",
+            tarball(&[
+                (
+                    entry(
+                        "s",
+                        Kind::Symlink(outside.as_os_str().as_encoded_bytes().to_vec()),
+                    ),
+                    b"",
+                ),
+                (entry("s/planted", Kind::File(1)), b"x"),
+            ]),
+            "entry 's/planted': its parent 's' is not a directory".into(),
+        ),
+        (
+            "hard link out",
+            tarball(&[(
+                entry("h", Kind::HardLink(b"../../../etc/passwd".to_vec())),
+                b"",
+            )]),
+            "entry 'h'".into(),
+        ),
+        (
+            "duplicate",
+            tarball(&[
+                (entry("f", Kind::File(1)), b"1"),
+                (entry("f", Kind::File(1)), b"2"),
+            ]),
+            "entry 'f': a second entry of this name".into(),
+        ),
+    ];
+    for (what, layer, saying) in cases {
+        let dir = s.path(&format!("layout-{}", what.replace(' ', "-")));
+        layout(&dir, &layer, None);
+        refused(&s, &dir, &saying);
+    }
+    assert_eq!(
+        entries(&outside),
+        0,
+        "something was written outside the layer"
+    );
+}
+
+#[test]
+fn blobs_that_do_not_match_their_digests_are_refused() {
+    let s = Scratch::new();
+    let layer = tarball(&[(entry("f", Kind::File(4)), b"data")]);
+    let tampered = s.path("tampered");
+    let blob = layout(&tampered, &layer, None);
+    let mut bytes = fs::read(&blob).unwrap();
+    let at = bytes.len() - 1100;
+    bytes[at] ^= 1;
+    fs::write(&blob, bytes).unwrap();
+    refused(&s, &tampered, "does not match its digest");
+    // The right blob, but a config that lists another diff id.
+    let wrong = s.path("wrong-diff-id");
+    let other = format!("sha256:{}", "0".repeat(64));
+    layout(&wrong, &layer, Some(&other));
+    refused(&s, &wrong, "not to the diff id the config lists");
+    // A tampered archive: the blob inside does not hash to its name.
+    let good = s.path("good");
+    let blob = layout(&good, &layer, None);
+    fs::write(&blob, b"other").unwrap();
+    let archive = s.path("tampered.tar");
+    must(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&good)
+            .arg("-cf")
+            .arg(&archive)
+            .arg("."),
+    );
+    refused(&s, &archive, "does not match its digest");
+}
+
+#[test]
+fn sparse_entries_unpack_and_an_impossible_one_is_refused() {
+    let s = Scratch::new();
+    let src = s.mkdir("src");
+    // A sparse file of 4 MiB with 4 KiB of data at its end, archived by GNU tar as sparse.
+    must(
+        Command::new("truncate")
+            .args(["-s", "4M"])
+            .arg(src.join("holes")),
+    );
+    must(Command::new("sh").arg("-c").arg(format!(
+        "printf end | dd of={} bs=1 seek=4194301 conv=notrunc 2>/dev/null",
+        src.join("holes").display()
+    )));
+    let layer = s.path("sparse.tar");
+    must(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .args(["--format=gnu", "-S", "-cf"])
+            .arg(&layer)
+            .arg("holes"),
+    );
+    let dir = s.path("layout-sparse");
+    layout(&dir, &fs::read(&layer).unwrap(), None);
+    let store = s.path("store");
+    ok(ofs(&store, &["import", dir.to_str().unwrap()]));
+    let l = lowers(&store, "hostile:1");
+    let data = fs::read(l[0].join("holes")).unwrap();
+    assert_eq!(data.len(), 4 << 20);
+    assert!(data.ends_with(b"end") && data[..(4 << 20) - 3].iter().all(|b| *b == 0));
+    fs::remove_dir_all(&store).unwrap();
+
+    // A sparse entry of 8 TiB: more than the store's filesystem has free.
+    must(
+        Command::new("truncate")
+            .args(["-s", "8T"])
+            .arg(src.join("holes")),
+    );
+    let huge = s.path("huge.tar");
+    must(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .args(["--format=gnu", "-S", "-cf"])
+            .arg(&huge)
+            .arg("holes"),
+    );
+    let dir = s.path("layout-huge");
+    layout(&dir, &fs::read(&huge).unwrap(), None);
+    refused(
+        &s,
+        &dir,
+        "entry 'holes': 8796093022208 bytes, more than the",
+    );
+}
+
+#[test]
+fn device_nodes_are_refused_to_a_user_namespace_root() {
+    let s = Scratch::new();
+    let dir = s.path("layout-dev");
+    layout(
+        &dir,
+        &tarball(&[(entry("null", Kind::Char(1, 3)), b"")]),
+        None,
+    );
+    // Root of a user namespace, as rootless podman is: no CAP_MKNOD where it counts.
+    let store = s.path("userstore");
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(util::bin())
+        .args(["image", "--store"])
+        .arg(&store)
+        .arg("import")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("entry 'null': a device node, which only root can make"),
+        "{err}"
+    );
+    assert_eq!(entries(&store.join("layers")), 0);
+    assert_eq!(entries(&store.join("tmp")), 0);
+}
