@@ -28,6 +28,19 @@ fn run() -> Result<(), Error> {
             Ok(())
         }
         Command::Manpages(dir) => manual::write_pages(&dir),
+        Command::Run(args) if args.image.is_some() => {
+            let (resolved, image_run) = image::run::prepare(&args)?;
+            let code = RunConfig::from_args(&resolved).and_then(|cfg| runtime::run(&cfg));
+            let code = match code {
+                Ok(code) => code,
+                Err(e) => {
+                    let _ = image::run::finish(image_run, None);
+                    return Err(e);
+                }
+            };
+            image::run::finish(image_run, Some(code))?;
+            std::process::exit(code);
+        }
         Command::Run(args) => {
             let cfg = RunConfig::from_args(&args)?;
             let code = runtime::run(&cfg)?;

@@ -8,7 +8,8 @@ use std::path::Path;
 use crate::cli;
 use crate::error::Error;
 
-/// Every manual page: `overlayfuse.1` and `overlayfuse-SUBCOMMAND.1`, with its text.
+/// Every manual page: `overlayfuse.1`, `overlayfuse-SUBCOMMAND.1` and, for a subcommand
+/// with its own (`image`), `overlayfuse-SUBCOMMAND-SUB.1`, with its text.
 pub fn pages() -> Vec<(String, Vec<u8>)> {
     let top = cli::definition();
     let mut pages = Vec::new();
@@ -20,6 +21,10 @@ pub fn pages() -> Vec<(String, Vec<u8>)> {
     };
     for sub in top.get_subcommands().filter(|s| s.get_name() != "help") {
         let name = format!("overlayfuse-{}", sub.get_name());
+        for inner in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+            let inner_name = format!("{name}-{}", inner.get_name());
+            render(inner_name.clone(), inner.clone().name(inner_name));
+        }
         render(name.clone(), sub.clone().name(name));
     }
     render("overlayfuse".into(), top);

@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-use crate::podman::{base_rootfs, comparable, containerfile, differences, need_tools, Store};
+use crate::podman::{
+    base_rootfs, comparable, containerfile, differences, need_tools, Store, CHANGES,
+};
 use crate::util::{self, must, tree, Scratch};
 
 use overlayfuse::oci::tar::{Header, Kind, Writer};
@@ -149,6 +151,8 @@ fn a_podman_image_imports_mounts_as_podman_shows_it_and_exports_back() {
     ]);
     assert_eq!(ran, "again");
 
+    run_image_like_podman(&p, &store, work);
+
     // A second name for the same image shares its layers; removing one keeps them.
     let layer_count = entries(&store.join("layers"));
     ok(ofs(
@@ -160,11 +164,171 @@ fn a_podman_image_imports_mounts_as_podman_shows_it_and_exports_back() {
     assert_eq!(entries(&store.join("layers")), layer_count);
     let missing = ofs(&store, &["rm", "localhost/last:1"]);
     assert_eq!(missing.status.code(), Some(1));
+    ok(ofs(&store, &["rm", "localhost/defaults:1", "built:1"]));
     ok(ofs(&store, &["rm", "copy:1"]));
     assert_eq!(entries(&store.join("layers")), 0);
     assert_eq!(entries(&store.join("blobs/sha256")), 0);
     assert_eq!(entries(&store.join("tmp")), 0);
     let _ = p.command().args(["system", "reset", "-f"]).output();
+}
+
+/// `overlayfuse run --image` with `args` (then `--` and `cmd`, if any): its stdout.
+fn run_image(store: &Path, args: &[&str], cmd: &[&str]) -> String {
+    let mut c = Command::new(util::bin());
+    c.arg("run").arg("--store").arg(store).args(args);
+    if !cmd.is_empty() {
+        c.arg("--").args(cmd);
+    }
+    ok(c.stdin(std::process::Stdio::null()).output().unwrap())
+}
+
+/// `run --image` against `podman run` of the same image: the command's output with the
+/// image's defaults and with overrides, the init layer, and a `--commit` of a container's
+/// changes against `podman commit` of the same changes, loaded back into podman.
+fn run_image_like_podman(p: &Store, store: &Path, work: &Path) {
+    // An image with every default set, on top of the one imported.
+    let ctx = work.join("p");
+    fs::write(
+        ctx.join("Containerfile.defaults"),
+        "FROM last:1\nENV FOO=bar GREETING=hello\nWORKDIR /base\nUSER 1000:1000\n\
+         CMD [\"sh\", \"-c\", \"echo $FOO $GREETING; pwd; id -u; id -g; ls\"]\n",
+    )
+    .unwrap();
+    p.run(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-f",
+        "Containerfile.defaults",
+        "-t",
+        "defaults:1",
+        ".",
+    ]);
+    let archive = work.join("defaults.tar");
+    p.run(&[
+        "save",
+        "-q",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        "defaults:1",
+    ]);
+    ok(ofs(store, &["import", archive.to_str().unwrap()]));
+    let podman_run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", "none"];
+        all.extend_from_slice(args);
+        p.run(&all)
+    };
+    let image = "localhost/defaults:1";
+    assert_eq!(
+        run_image(store, &["--image", image], &[]),
+        podman_run(&[image])
+    );
+    assert_eq!(
+        run_image(
+            store,
+            &["--image", image, "--env", "FOO=baz", "--cwd", "/", "--user", "0"],
+            &["sh", "-c", "echo $FOO $GREETING; pwd; id -u"]
+        ),
+        podman_run(&[
+            "--env",
+            "FOO=baz",
+            "--workdir",
+            "/",
+            "--user",
+            "0",
+            image,
+            "sh",
+            "-c",
+            "echo $FOO $GREETING; pwd; id -u"
+        ])
+    );
+    assert_eq!(
+        run_image(
+            store,
+            &["--image", image, "--entrypoint", "/bin/echo"],
+            &["x"]
+        ),
+        podman_run(&["--entrypoint", "/bin/echo", image, "x"])
+    );
+    // The init layer: the container's own names.
+    let names = run_image(
+        store,
+        &["--image", image, "--hostname", "box"],
+        &["sh", "-c", "cat /etc/hostname; grep -c box /etc/hosts"],
+    );
+    assert_eq!(names, "box\n1");
+
+    // One build step: the same changes committed by us and by podman.
+    let changes = format!("{CHANGES} && echo 10.0.0.1 extra >> /etc/hosts");
+    run_image(
+        store,
+        &["--image", "localhost/last:1", "--commit", "built:1"],
+        &["sh", "-c", &changes],
+    );
+    p.run(&[
+        "run",
+        "--name",
+        "changer",
+        "--network",
+        "none",
+        "last:1",
+        "sh",
+        "-c",
+        &changes,
+    ]);
+    p.run(&["commit", "-q", "changer", "pbuilt:1"]);
+    p.run(&["rm", "changer"]);
+    let failed = Command::new(util::bin())
+        .args(["run", "--store"])
+        .arg(store)
+        .args([
+            "--image",
+            "localhost/last:1",
+            "--commit",
+            "never:1",
+            "--",
+            "sh",
+            "-c",
+            "touch /x; exit 3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(3));
+    assert!(
+        !ok(ofs(store, &["ls"])).contains("never:1"),
+        "a failed step was committed"
+    );
+    let out = work.join("built.tar");
+    ok(ofs(
+        store,
+        &["export", "built:1", "-o", out.to_str().unwrap()],
+    ));
+    p.run(&["load", "-q", "-i", out.to_str().unwrap()]);
+    let tree_of = |image: &str| {
+        let mnt = PathBuf::from(p.run(&["image", "mount", image]));
+        let t = comparable(&tree::snapshot(&mnt));
+        p.run(&["image", "unmount", image]);
+        t
+    };
+    let ours = tree_of("localhost/built:1");
+    let theirs = tree_of("pbuilt:1");
+    let diffs = differences("run --commit vs podman commit", &ours, &theirs, true);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let layer = lowers(store, "built:1")[0].clone();
+    for name in ["hostname", "hosts", "resolv.conf"] {
+        assert!(
+            fs::symlink_metadata(layer.join("etc").join(name)).is_err(),
+            "the committed layer carries /etc/{name}"
+        );
+    }
+    assert_eq!(
+        podman_run(&["localhost/built:1", "cat", "/new", "/base/gone/n"]),
+        "add\nn"
+    );
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -435,4 +599,63 @@ fn device_nodes_are_refused_to_a_user_namespace_root() {
     );
     assert_eq!(entries(&store.join("layers")), 0);
     assert_eq!(entries(&store.join("tmp")), 0);
+}
+
+#[test]
+fn a_running_container_keeps_its_image_layers_when_the_image_is_removed() {
+    let s = Scratch::new();
+    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
+    let mut bin = entry("bin/busybox", Kind::File(busybox.len() as u64));
+    bin.mode = 0o755;
+    let layer = tarball(&[
+        (entry("bin", Kind::Dir), b""),
+        (bin, &busybox),
+        (entry("bin/sh", Kind::Symlink(b"busybox".to_vec())), b""),
+        (entry("data", Kind::File(4)), b"kept"),
+    ]);
+    let dir = s.path("layout");
+    layout(&dir, &layer, None);
+    let store = s.path("store");
+    ok(ofs(&store, &["import", dir.to_str().unwrap()]));
+    let layers = lowers(&store, "hostile:1");
+    let mut running = Command::new(util::bin())
+        .args(["run", "--store"])
+        .arg(&store)
+        .args([
+            "--image",
+            "hostile:1",
+            "--",
+            "/bin/sh",
+            "-c",
+            "read x; cat /data",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Removed while it runs: the catalog forgets it, the layers stay for the container.
+    assert!(util::wait_for(std::time::Duration::from_secs(20), || {
+        fs::read_dir(store.join("inuse")).is_ok_and(|d| d.count() == 1)
+    }));
+    ok(ofs(&store, &["rm", "hostile:1"]));
+    assert!(layers[0].is_dir(), "a layer in use was removed");
+    use std::io::Write;
+    running.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = running.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept");
+    // The next collection, once the run is over, takes them.
+    let other = s.path("other");
+    layout(&other, &tarball(&[(entry("x", Kind::File(1)), b"x")]), None);
+    ok(ofs(
+        &store,
+        &["import", "--name", "other:1", other.to_str().unwrap()],
+    ));
+    ok(ofs(&store, &["rm", "other:1"]));
+    assert!(!layers[0].exists(), "the layer outlived its last user");
+    assert_eq!(entries(&store.join("inuse")), 0);
 }

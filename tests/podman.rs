@@ -27,7 +27,7 @@ const FIRST: [&str; 4] = [
 /// The last stage's step, after `COPY --from=first /artifact /built /opt/`.
 const LAST: &str = "rm -rf /base/keep && mkdir /base/keep && echo again > /base/keep/b";
 /// What a running container changes before `podman diff` and `commit`.
-const CHANGES: &str = "rm /base/rmfile && rm -rf /base/gone && mkdir /base/gone && echo n > /base/gone/n && echo add > /new && echo mod >> /base/app && chmod 700 /base/redo";
+pub(crate) const CHANGES: &str = "rm /base/rmfile && rm -rf /base/gone && mkdir /base/gone && echo n > /base/gone/n && echo add > /new && echo mod >> /base/app && chmod 700 /base/redo";
 
 pub(crate) fn need_tools() {
     for tool in ["podman", "runc", "newuidmap", "busybox"] {

@@ -143,6 +143,23 @@ pub struct DiffArgs {
 /// A `run` request as written, before validation (see `config::run`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct RunArgs {
+    /// An image of the store as the root: its layers under an init layer (the container's
+    /// /etc/hostname, /etc/hosts, /etc/resolv.conf), its Entrypoint, Cmd, Env, WorkingDir
+    /// and User as defaults.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["lower", "rootfs", "upper"])]
+    pub image: Option<String>,
+    /// The image store of --image (default: /var/lib/overlayfuse as root, else
+    /// $XDG_DATA_HOME/overlayfuse).
+    #[arg(long, value_name = "DIR", requires = "image")]
+    pub store: Option<PathBuf>,
+    /// With --image: when the command exits 0, record the image plus the container's
+    /// changes (one new layer) as image NEW.
+    #[arg(long, value_name = "NEW", requires = "image")]
+    pub commit: Option<String>,
+    /// With --image: the program to run instead of the image's Entrypoint ('' for none);
+    /// the image's Cmd is then dropped too.
+    #[arg(long, value_name = "PROGRAM", requires = "image")]
+    pub entrypoint: Option<String>,
     /// Lower layers, colon-separated, topmost first.
     #[arg(long, value_name = "DIR[:DIR...]", conflicts_with = "rootfs")]
     pub lower: Option<String>,
@@ -196,8 +213,8 @@ pub struct RunArgs {
     /// Keep the private upper layer made for --lower instead of removing it.
     #[arg(long, requires = "lower", conflicts_with = "upper")]
     pub keep_upper: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments, after `--` (with --image: replaces the image's Cmd).
+    #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
@@ -317,6 +334,10 @@ Examples:
       a private upper layer is made and removed afterwards (--keep-upper keeps it)
   overlayfuse run --lower /img/base --upper /c/up --work /c/work --memory 256M --pids 64 -- make
   overlayfuse run --rootfs /srv/root --net host --user 1000:1000 --bind /data:/data:ro -- ls /data
+  overlayfuse run --image localhost/app:1
+      the image's Entrypoint and Cmd, in its layers (see 'overlayfuse image --help')
+  overlayfuse run --image base --commit base-built -- make
+      one build step: the changes of a successful run become image base-built
 As a user other than root, the container runs in a user namespace that maps the user to root
 and, through newuidmap/newgidmap, the user's /etc/subuid and /etc/subgid ranges to 1 and up.";
 

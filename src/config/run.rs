@@ -240,7 +240,7 @@ fn root_source(args: &RunArgs) -> Result<RootSource, Error> {
     }
 }
 
-fn hostname(name: &str) -> Result<String, Error> {
+pub(crate) fn hostname(name: &str) -> Result<String, Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -22,9 +22,12 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// How a layer blob is compressed, by its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Packing {
+pub(super) enum Packing {
+    /// Plain tar.
     Tar,
+    /// gzip.
     Gzip,
+    /// zstd.
     Zstd,
 }
 
@@ -289,7 +292,7 @@ fn store_blob(store: &Store, source: &Source, blob: &Blob) -> Result<(), Error> 
 }
 
 /// Unpacks the stored blob `blob` into a new layer of the store, checked against `diff_id`.
-fn unpack_layer(
+pub(super) fn unpack_layer(
     store: &Store,
     blob: &Blob,
     packing: Packing,

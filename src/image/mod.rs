@@ -6,6 +6,7 @@
 pub mod export;
 pub mod import;
 pub mod progress;
+pub mod run;
 pub mod source;
 pub mod store;
 #[cfg(test)]

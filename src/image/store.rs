@@ -8,6 +8,7 @@
 //! DIR/blobs/sha256/HEX      manifests, configs and layer blobs as imported
 //! DIR/layers/HEX/           a layer unpacked (HEX: its diff id), a lower layer as it is
 //! DIR/tmp/                  work in progress, emptied whenever the store is opened
+//! DIR/inuse/N               the diff ids a running container uses, flock'ed (shared) by it
 //! ```
 //!
 //! A layer is unpacked in `tmp/`, synced, then renamed into `layers/`: a half-unpacked
@@ -118,7 +119,7 @@ impl Store {
     /// Opens (creating it where missing) and locks the store at `dir`, waiting for another
     /// command that holds it; clears what an interrupted command left in `tmp/`.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        for sub in ["", "blobs/sha256", "layers", "tmp"] {
+        for sub in ["", "blobs/sha256", "layers", "tmp", "inuse"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| io_err("create the store directory", &p, e))?;
         }
@@ -261,11 +262,56 @@ impl Store {
         write_atomically(&self.blob_path(digest), bytes)
     }
 
-    /// Removes the layers and blobs no image of `catalog` uses; how many of each.
+    /// Marks the layers of `image` in use for as long as the returned file is open (by this
+    /// process or a child): garbage collection keeps them, even once the image is removed.
+    pub fn hold(&self, image: &ImageRecord) -> Result<File, Error> {
+        let dir = self.root.join("inuse");
+        let ids: String = image
+            .layers
+            .iter()
+            .map(|l| format!("{}\n", l.diff_id))
+            .collect();
+        for n in 0u32.. {
+            let path = dir.join(format!("{}-{n}", std::process::id()));
+            let mut f = match File::options().write(true).create_new(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err("create", &path, e)),
+            };
+            sys::lock::shared(&f)
+                .map_err(|e| Error::runtime(format!("cannot lock '{}': {e}", path.display())))?;
+            f.write_all(ids.as_bytes())
+                .map_err(|e| io_err("write", &path, e))?;
+            return Ok(f);
+        }
+        unreachable!("u32 names run out")
+    }
+
+    /// The diff ids held by running containers ([`Store::hold`]); the records of ended ones
+    /// are removed.
+    fn held_layers(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let dir = self.root.join("inuse");
+        let mut held = std::collections::HashSet::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io_err("read", &dir, e))? {
+            let path = entry.map_err(|e| io_err("read", &dir, e))?.path();
+            let Ok(f) = File::open(&path) else { continue };
+            if sys::lock::try_exclusive(&f).unwrap_or(false) {
+                // Its holder is gone.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            held.extend(text.lines().map(str::to_owned));
+        }
+        Ok(held)
+    }
+
+    /// Removes the layers and blobs no image of `catalog` and no running container uses;
+    /// how many of each.
     pub fn collect_garbage(&self, catalog: &Catalog) -> Result<(usize, usize), Error> {
         use std::collections::HashSet;
         let mut blobs: HashSet<String> = HashSet::new();
-        let mut layers: HashSet<String> = HashSet::new();
+        let mut layers: HashSet<String> = self.held_layers()?;
         for image in &catalog.images {
             blobs.insert(image.manifest.digest.clone());
             blobs.insert(image.config.digest.clone());

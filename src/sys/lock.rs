@@ -29,3 +29,15 @@ pub fn exclusive(file: &File) -> Result<(), Errno> {
         }
     }
 }
+
+/// Takes a shared flock on `file`, waiting while another holds an exclusive one.
+pub fn shared(file: &File) -> Result<(), Errno> {
+    loop {
+        // SAFETY: the fd is live for the duration of the call; flock only reads it.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
+        match check(ret.into()) {
+            Err(Errno::EINTR) => continue,
+            r => return r.map(drop),
+        }
+    }
+}
