@@ -604,17 +604,7 @@ fn device_nodes_are_refused_to_a_user_namespace_root() {
 #[test]
 fn a_running_container_keeps_its_image_layers_when_the_image_is_removed() {
     let s = Scratch::new();
-    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut bin = entry("bin/busybox", Kind::File(busybox.len() as u64));
-    bin.mode = 0o755;
-    let layer = tarball(&[
-        (entry("bin", Kind::Dir), b""),
-        (bin, &busybox),
-        (entry("bin/sh", Kind::Symlink(b"busybox".to_vec())), b""),
-        (entry("data", Kind::File(4)), b"kept"),
-    ]);
-    let dir = s.path("layout");
-    layout(&dir, &layer, None);
+    let dir = busybox_layout(&s, "layout");
     let store = s.path("store");
     ok(ofs(&store, &["import", dir.to_str().unwrap()]));
     let layers = lowers(&store, "hostile:1");
@@ -658,4 +648,122 @@ fn a_running_container_keeps_its_image_layers_when_the_image_is_removed() {
     ok(ofs(&store, &["rm", "other:1"]));
     assert!(!layers[0].exists(), "the layer outlived its last user");
     assert_eq!(entries(&store.join("inuse")), 0);
+}
+
+/// A layout of one layer holding a static busybox as `/bin/sh` and `/data`.
+fn busybox_layout(s: &Scratch, name: &str) -> PathBuf {
+    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
+    let mut bin = entry("bin/busybox", Kind::File(busybox.len() as u64));
+    bin.mode = 0o755;
+    let layer = tarball(&[
+        (entry("bin", Kind::Dir), b""),
+        (bin, &busybox),
+        (entry("bin/sh", Kind::Symlink(b"busybox".to_vec())), b""),
+        (entry("data", Kind::File(4)), b"kept"),
+        (entry("gone", Kind::File(1)), b"g"),
+    ]);
+    let dir = s.path(name);
+    layout(&dir, &layer, None);
+    dir
+}
+
+#[test]
+fn a_user_imports_runs_and_commits_an_image_rootless() {
+    let s = Scratch::new();
+    let uid = util::rootless_user();
+    let dir = busybox_layout(&s, "layout");
+    let tmp = s.mkdir("tmp");
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    let store = s.mkdir("store");
+    must(Command::new("chown").arg(uid.to_string()).arg(&store));
+    must(Command::new("chmod").args(["-R", "a+rX"]).arg(s.dir.path()));
+    let as_user = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(util::bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("TMPDIR", &tmp)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        ok(out)
+    };
+    let st = store.to_str().unwrap();
+    as_user(&["image", "--store", st, "import", dir.to_str().unwrap()]);
+    let markers = fs::read_to_string(store.join("markers")).unwrap();
+    assert_ne!(
+        markers.trim(),
+        "kernel",
+        "a user cannot write trusted.overlay xattrs"
+    );
+    let said = as_user(&[
+        "run",
+        "--store",
+        st,
+        "--image",
+        "hostile:1",
+        "--commit",
+        "next:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; cat /data; echo; cat /etc/hostname; echo new > /new; rm /gone",
+    ]);
+    let mut lines = said.lines();
+    assert_eq!(lines.next(), Some("0"), "{said}");
+    assert_eq!(lines.next(), Some("kept"), "{said}");
+    assert_eq!(lines.next(), Some("overlayfuse"), "{said}");
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("next:1 sha256:")),
+        "{said}"
+    );
+    let top = lowers(&store, "next:1")[0].clone();
+    assert_eq!(fs::read(top.join("new")).unwrap(), b"new\n");
+    let again = as_user(&[
+        "run",
+        "--store",
+        st,
+        "--image",
+        "next:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /new; ls /gone 2>/dev/null || echo deleted",
+    ]);
+    assert_eq!(again, "new\ndeleted");
+    assert_eq!(entries(&tmp), 0, "the run's directories were left behind");
+}
+
+#[test]
+fn imports_show_progress_on_a_terminal_only() {
+    let s = Scratch::new();
+    let dir = busybox_layout(&s, "layout");
+    let cmd = format!(
+        "{} image --store {} import {}",
+        util::bin(),
+        s.path("tty-store").display(),
+        dir.display()
+    );
+    // `script` gives the command a terminal; what it printed is in its output.
+    let out = ok(Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap());
+    assert!(
+        out.contains("layer 1/1 sha256:") && out.contains(" MiB"),
+        "{out}"
+    );
+    let plain = ofs(&s.path("plain-store"), &["import", dir.to_str().unwrap()]);
+    assert!(plain.status.success());
+    assert!(
+        !String::from_utf8_lossy(&plain.stderr).contains("MiB"),
+        "progress written off a terminal"
+    );
 }
