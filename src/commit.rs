@@ -1,6 +1,7 @@
 //! `overlayfuse commit`: an upper layer written as an OCI layer tarball
 //! ([`crate::oci::layer`]), compressed as the file name says, and put in place atomically;
-//! its digest and diff id are printed.
+//! its digest and diff id are printed. The bytes written show on stderr when it is a
+//! terminal.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -9,6 +10,7 @@ use std::path::Path;
 use crate::cli::CommitArgs;
 use crate::diff::open_layers;
 use crate::error::Error;
+use crate::image::progress::{CountedWriter, Progress};
 use crate::oci::digest::Hashing;
 use crate::oci::layer::{write_layer, LayerError};
 use crate::oci::Compression;
@@ -30,22 +32,27 @@ pub fn run(args: &CommitArgs) -> Result<(), Error> {
         .unwrap_or(Path::new("."));
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let mut progress = Progress::for_stderr();
     let written = (|| -> Result<_, LayerError> {
         // A new file only: a name planted there (a symlink) is never followed.
         let created = File::options().write(true).create_new(true).open(&tmp)?;
-        let file = Hashing::new(BufWriter::new(created));
+        progress.start(format!("writing {}", out.display()), 0);
+        let counted = CountedWriter::new(BufWriter::new(created), &mut progress);
+        let file = Hashing::new(counted);
         let ((written, diff_id), file) = compression.wrap(file, |w| {
             let mut tar = Hashing::new(w);
             let written = write_layer(&upper, &lowers, &mut tar)?;
             Ok::<_, LayerError>((written, tar.finish().0))
         })?;
-        let (digest, buf) = file.finish();
+        let (digest, counted) = file.finish();
+        let buf = counted.into_inner();
         let file = buf
             .into_inner()
             .map_err(|e| LayerError::Write(e.into_error()))?;
         file.sync_all()?;
         Ok((written, digest, diff_id))
     })();
+    progress.finish();
     let (written, digest, diff_id) = match written {
         Ok(w) => w,
         Err(e) => {

@@ -325,6 +325,44 @@ fn run_image_like_podman(p: &Store, store: &Path, work: &Path) {
             "the committed layer carries /etc/{name}"
         );
     }
+    // `podman diff` of the image (its top layer against the rest) and of podman's own
+    // commit of the same changes, against `overlayfuse diff` of the store's layers.
+    let all = lowers(store, "built:1");
+    let rest: Vec<String> = all[1..].iter().map(|p| p.display().to_string()).collect();
+    let ours_diff = ok(Command::new(util::bin())
+        .args(["diff", "--lower", &rest.join(":"), "--upper"])
+        .arg(&all[0])
+        .output()
+        .unwrap());
+    let sorted = |text: String| {
+        let mut v: Vec<String> = text.lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    let ours_diff = sorted(ours_diff);
+    assert_eq!(sorted(p.run(&["diff", "localhost/built:1"])), ours_diff);
+    let podman_own = |line: &String| {
+        [
+            "/etc/hostname",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/run",
+            "/dev",
+            "/proc",
+            "/sys",
+            "/etc/mtab",
+        ]
+        .iter()
+        .any(|s| line[2..].starts_with(s))
+    };
+    let theirs_diff: Vec<String> = sorted(p.run(&["diff", "pbuilt:1"]))
+        .into_iter()
+        .filter(|l| !podman_own(l))
+        .collect();
+    assert_eq!(
+        ours_diff, theirs_diff,
+        "overlayfuse diff (left), podman diff of podman's commit (right)"
+    );
     assert_eq!(
         podman_run(&["localhost/built:1", "cat", "/new", "/base/gone/n"]),
         "add\nn"
@@ -741,7 +779,7 @@ fn a_user_imports_runs_and_commits_an_image_rootless() {
 }
 
 #[test]
-fn imports_show_progress_on_a_terminal_only() {
+fn imports_and_commits_show_progress_on_a_terminal_only() {
     let s = Scratch::new();
     let dir = busybox_layout(&s, "layout");
     let cmd = format!(
@@ -760,6 +798,23 @@ fn imports_show_progress_on_a_terminal_only() {
         out.contains("layer 1/1 sha256:") && out.contains(" MiB"),
         "{out}"
     );
+    // And a commit of a layer.
+    let lower = s.mkdir("lower");
+    let upper = s.mkdir("upper");
+    fs::write(upper.join("big"), vec![1u8; 3 << 20]).unwrap();
+    let cmd = format!(
+        "{} commit --lower {} --upper {} -o {}",
+        util::bin(),
+        lower.display(),
+        upper.display(),
+        s.path("layer.tar").display()
+    );
+    let out = ok(Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap());
+    assert!(out.contains("writing ") && out.contains(" MiB"), "{out}");
     let plain = ofs(&s.path("plain-store"), &["import", dir.to_str().unwrap()]);
     assert!(plain.status.success());
     assert!(

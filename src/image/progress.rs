@@ -31,7 +31,7 @@ impl Progress {
         }
     }
 
-    /// Starts a step of `total` bytes.
+    /// Starts a step of `total` bytes (0: not known).
     pub fn start(&mut self, label: String, total: u64) {
         self.label = label;
         self.done = 0;
@@ -46,8 +46,11 @@ impl Progress {
         self.show(false);
     }
 
-    /// Ends the step's line.
+    /// Ends the step's line (if a step was started).
     pub fn finish(&mut self) {
+        if self.label.is_empty() {
+            return;
+        }
         self.done = self.total.max(self.done);
         self.show(true);
         if self.on {
@@ -68,13 +71,18 @@ impl Progress {
         self.shown = Some(Instant::now());
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r{}: {:.1} / {:.1} MiB",
-            self.label,
-            mib(self.done),
-            mib(self.total)
-        );
+        let _ = if self.total == 0 {
+            // A size not known ahead (a layer being written).
+            write!(err, "\r{}: {:.1} MiB", self.label, mib(self.done))
+        } else {
+            write!(
+                err,
+                "\r{}: {:.1} / {:.1} MiB",
+                self.label,
+                mib(self.done),
+                mib(self.total)
+            )
+        };
         let _ = err.flush();
     }
 }
@@ -97,5 +105,35 @@ impl<R: Read> Read for Counted<'_, R> {
         let n = self.inner.read(buf)?;
         self.progress.advance(n as u64);
         Ok(n)
+    }
+}
+
+/// A writer that counts what passes through it on a [`Progress`].
+pub struct CountedWriter<'a, W: Write> {
+    inner: W,
+    progress: &'a mut Progress,
+}
+
+impl<'a, W: Write> CountedWriter<'a, W> {
+    /// Counts writes to `inner` on `progress`.
+    pub fn new(inner: W, progress: &'a mut Progress) -> CountedWriter<'a, W> {
+        CountedWriter { inner, progress }
+    }
+
+    /// The writer back.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for CountedWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
