@@ -401,6 +401,18 @@ fn tarball(entries: &[(Header, &[u8])]) -> Vec<u8> {
 /// An OCI image layout at `dir` with one uncompressed layer `layer`; `diff_id` overrides the
 /// diff id its config lists. Returns the layer blob's path.
 fn layout(dir: &Path, layer: &[u8], diff_id: Option<&str>) -> PathBuf {
+    let own = sha256(layer);
+    layout_packed(
+        dir,
+        layer,
+        "application/vnd.oci.image.layer.v1.tar",
+        diff_id.unwrap_or(&own),
+    )
+}
+
+/// An OCI image layout at `dir` with one layer blob `blob` of media type `media_type`, whose
+/// config lists `diff_id`. Returns the layer blob's path.
+fn layout_packed(dir: &Path, layer: &[u8], media_type: &str, diff_id: &str) -> PathBuf {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| {
@@ -411,7 +423,7 @@ fn layout(dir: &Path, layer: &[u8], diff_id: Option<&str>) -> PathBuf {
     let layer_digest = put(layer);
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [diff_id.map(str::to_owned).unwrap_or_else(|| layer_digest.clone())]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "config": {"Cmd": ["/bin/sh"]},
     });
     let config = serde_json::to_vec(&config).unwrap();
@@ -420,7 +432,7 @@ fn layout(dir: &Path, layer: &[u8], diff_id: Option<&str>) -> PathBuf {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        "layers": [{"mediaType": media_type, "digest": layer_digest, "size": layer.len()}],
     });
     let manifest = serde_json::to_vec(&manifest).unwrap();
     let manifest_digest = put(&manifest);
@@ -821,4 +833,44 @@ fn imports_and_commits_show_progress_on_a_terminal_only() {
         !String::from_utf8_lossy(&plain.stderr).contains("MiB"),
         "progress written off a terminal"
     );
+}
+
+#[test]
+fn gzip_and_zstd_layers_import() {
+    let s = Scratch::new();
+    let tar = tarball(&[(entry("f", Kind::File(4)), b"data")]);
+    let diff_id = sha256(&tar);
+    let gzip = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        e.finish().unwrap()
+    };
+    let zstd = zstd::encode_all(&tar[..], 3).unwrap();
+    for (what, blob, media_type) in [
+        ("gzip", gzip, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("zstd", zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        (
+            "docker",
+            tarball(&[(entry("f", Kind::File(4)), b"data")]),
+            "application/vnd.docker.image.rootfs.diff.tar",
+        ),
+    ] {
+        let dir = s.path(what);
+        layout_packed(&dir, &blob, media_type, &diff_id);
+        let store = s.path(&format!("store-{what}"));
+        ok(ofs(
+            &store,
+            &["import", "--name", what, dir.to_str().unwrap()],
+        ));
+        assert_eq!(
+            fs::read(lowers(&store, what)[0].join("f")).unwrap(),
+            b"data",
+            "{what}"
+        );
+    }
+    // A media type that is no layer is refused.
+    let dir = s.path("odd");
+    layout_packed(&dir, &tar, "application/vnd.example.thing", &diff_id);
+    refused(&s, &dir, "which is not a layer tarball");
 }
