@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::Path;
 
 use crate::cli::CommitArgs;
 use crate::diff::open_layers;
@@ -13,7 +12,7 @@ use crate::error::Error;
 use crate::image::progress::{CountedWriter, Progress};
 use crate::oci::digest::Hashing;
 use crate::oci::layer::{write_layer, LayerError};
-use crate::oci::Compression;
+use crate::oci::{partial_path, Compression};
 
 /// Writes the layer of `args.upper` over `args.lower` to `args.output`.
 pub fn run(args: &CommitArgs) -> Result<(), Error> {
@@ -26,12 +25,7 @@ pub fn run(args: &CommitArgs) -> Result<(), Error> {
         ))
     })?;
     let (upper, lowers) = open_layers(&args.lower, &args.upper)?;
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let tmp = partial_path(out);
     let mut progress = Progress::for_stderr();
     let written = (|| -> Result<_, LayerError> {
         // A new file only: a name planted there (a symlink) is never followed.

@@ -790,6 +790,16 @@ fn a_user_imports_runs_and_commits_an_image_rootless() {
     assert_eq!(entries(&tmp), 0, "the run's directories were left behind");
 }
 
+/// Runs the shell command `cmd` with a terminal as its stdin, stdout and stderr (`script`);
+/// what it printed there.
+fn on_a_terminal(cmd: &str) -> String {
+    ok(Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap())
+}
+
 #[test]
 fn imports_and_commits_show_progress_on_a_terminal_only() {
     let s = Scratch::new();
@@ -800,12 +810,7 @@ fn imports_and_commits_show_progress_on_a_terminal_only() {
         s.path("tty-store").display(),
         dir.display()
     );
-    // `script` gives the command a terminal; what it printed is in its output.
-    let out = ok(Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap());
+    let out = on_a_terminal(&cmd);
     assert!(
         out.contains("layer 1/1 sha256:") && out.contains(" MiB"),
         "{out}"
@@ -821,11 +826,7 @@ fn imports_and_commits_show_progress_on_a_terminal_only() {
         upper.display(),
         s.path("layer.tar").display()
     );
-    let out = ok(Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap());
+    let out = on_a_terminal(&cmd);
     assert!(out.contains("writing ") && out.contains(" MiB"), "{out}");
     let plain = ofs(&s.path("plain-store"), &["import", dir.to_str().unwrap()]);
     assert!(plain.status.success());

@@ -56,6 +56,15 @@ fn drop_page_cache() {
     assert!(ok, "cannot drop the page cache");
 }
 
+/// Reads `rel` of `pair`'s mount whole with a cold page cache, checks it holds `want`, and
+/// says how many bytes the daemon read meanwhile.
+fn daemon_bytes_to_read(pair: &Pair, rel: &str, want: &[u8]) -> u64 {
+    drop_page_cache();
+    let before = daemon_read_bytes(&pair.ours.path);
+    assert!(read_all(&pair.o(rel)) == want, "{rel} reads other data");
+    daemon_read_bytes(&pair.ours.path) - before
+}
+
 fn read_all(path: &Path) -> Vec<u8> {
     let mut v = Vec::new();
     fs::File::open(path).unwrap().read_to_end(&mut v).unwrap();
@@ -68,10 +77,7 @@ fn reads_and_writes_of_upper_files_bypass_the_daemon() {
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
     fs::write(pair.o("new"), &data).unwrap();
     fs::write(pair.k("new"), &data).unwrap();
-    drop_page_cache();
-    let before = daemon_read_bytes(&pair.ours.path);
-    assert_eq!(read_all(&pair.o("new")), data);
-    let read = daemon_read_bytes(&pair.ours.path) - before;
+    let read = daemon_bytes_to_read(&pair, "new", &data);
     assert!(
         read < 1 << 20,
         "reading 8 MiB of an upper file made the daemon read {read} bytes: not passthrough"
@@ -193,10 +199,7 @@ fn shared_mappings_of_upper_files_write_through() {
 fn a_read_only_mount_reads_lower_files_through_passthrough() {
     let pair = Pair::with_options(&lowers(), "passthrough=on,uring=off");
     let want = read_all(&pair.k("data/big"));
-    drop_page_cache();
-    let before = daemon_read_bytes(&pair.ours.path);
-    assert_eq!(read_all(&pair.o("data/big")), want);
-    let read = daemon_read_bytes(&pair.ours.path) - before;
+    let read = daemon_bytes_to_read(&pair, "data/big", &want);
     assert!(
         read < 1 << 20,
         "reading 8 MiB of a lower file made the daemon read {read} bytes: not passthrough"
@@ -208,12 +211,9 @@ fn passthrough_off_serves_io_from_the_daemon() {
     let pair = Pair::writable(&lowers(), "passthrough=off,uring=off");
     fs::write(pair.o("new"), vec![7u8; 4 << 20]).unwrap();
     fs::write(pair.k("new"), vec![7u8; 4 << 20]).unwrap();
-    drop_page_cache();
-    let before = daemon_read_bytes(&pair.ours.path);
-    assert_eq!(read_all(&pair.o("new")), vec![7u8; 4 << 20]);
     // Not all of it: `drop_caches` skips pages still held in per-CPU LRU batches, which
     // a busy machine (other tests in parallel) leaves behind. Passthrough would read none.
-    let read = daemon_read_bytes(&pair.ours.path) - before;
+    let read = daemon_bytes_to_read(&pair, "new", &vec![7u8; 4 << 20]);
     assert!(
         read >= 3 << 20,
         "reading 4 MiB made the daemon read {read} bytes: not served by the daemon"
@@ -265,20 +265,14 @@ fn open_errno(path: &Path, flags: i32) -> Result<std::os::fd::OwnedFd, i32> {
 fn lower_passthrough_reads_lower_files_of_a_writable_mount_in_the_kernel() {
     let pair = Pair::writable(&lowers(), "passthrough=on,lower_passthrough,uring=off");
     let want = read_all(&pair.k("data/big"));
-    drop_page_cache();
-    let before = daemon_read_bytes(&pair.ours.path);
-    assert_eq!(read_all(&pair.o("data/big")), want);
-    let read = daemon_read_bytes(&pair.ours.path) - before;
+    let read = daemon_bytes_to_read(&pair, "data/big", &want);
     assert!(
         read < 1 << 20,
         "reading 8 MiB of a lower file made the daemon read {read} bytes: not passthrough"
     );
     // Without the option the same read goes through the daemon (the test above can fail).
     let plain = Pair::writable(&lowers(), "passthrough=on,uring=off");
-    drop_page_cache();
-    let before = daemon_read_bytes(&plain.ours.path);
-    assert_eq!(read_all(&plain.o("data/big")), want);
-    let read = daemon_read_bytes(&plain.ours.path) - before;
+    let read = daemon_bytes_to_read(&plain, "data/big", &want);
     assert!(read >= 4 << 20, "the daemon read only {read} bytes");
     pair.assert_same_tree();
 }

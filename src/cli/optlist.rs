@@ -75,9 +75,33 @@ pub fn split_layers(list: &str, what: &str) -> Result<Vec<PathBuf>, Error> {
     Ok(out)
 }
 
+/// Joins layer paths into a list [`split_layers`] reads back: `\` and `:` escaped.
+pub fn join_layers(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| {
+            p.to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace(':', "\\:")
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_layers_split_back() {
+        let paths = vec![
+            PathBuf::from("/a:b"),
+            PathBuf::from("/c\\:d"),
+            PathBuf::from("/plain"),
+        ];
+        let joined = join_layers(&paths);
+        assert_eq!(split_layers(&joined, "x").unwrap(), paths);
+    }
 
     #[test]
     fn empty_items_are_dropped() {

@@ -11,6 +11,7 @@ use super::import::REF_NAME;
 use super::progress::{Counted, Progress};
 use super::store::{ImageRecord, Store};
 use crate::error::Error;
+use crate::oci::partial_path;
 use crate::oci::tar::{Header, Kind, Writer};
 
 fn entry(path: &str, kind: Kind) -> Header {
@@ -48,12 +49,7 @@ pub fn export(
     out: &Path,
     progress: &mut Progress,
 ) -> Result<(), Error> {
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let tmp = partial_path(out);
     let written = (|| -> io::Result<()> {
         // A new file only: a name planted there (a symlink) is never followed.
         let file = File::options().write(true).create_new(true).open(&tmp)?;

@@ -137,21 +137,8 @@ pub fn lower_dirs(store: &Store, image: &ImageRecord) -> Vec<PathBuf> {
 
 /// `image inspect`: the record, its layer directories, a `lowerdir` and the image config.
 fn inspect(store: &Store, image: &ImageRecord) -> Result<String, Error> {
-    let config_path = store.blob_path(&image.config.digest);
-    let config: serde_json::Value = std::fs::read(&config_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            Error::runtime(format!(
-                "cannot read the config '{}': the store is damaged",
-                config_path.display()
-            ))
-        })?;
-    let dirs = lower_dirs(store, image);
-    let lowerdir: Vec<String> = dirs
-        .iter()
-        .map(|d| d.display().to_string().replace(':', "\\:"))
-        .collect();
+    let config = store.json_blob(&image.config.digest)?;
+    let lowerdir = crate::cli::optlist::join_layers(&lower_dirs(store, image));
     let layers: Vec<serde_json::Value> = image
         .layers
         .iter()
@@ -169,7 +156,7 @@ fn inspect(store: &Store, image: &ImageRecord) -> Result<String, Error> {
         "manifest": image.manifest.digest,
         "markers": store.markers.option_value(),
         "layers": layers,
-        "lowerdir": lowerdir.join(":"),
+        "lowerdir": lowerdir,
         "config": config,
     });
     Ok(serde_json::to_string_pretty(&v).expect("a JSON value encodes"))

@@ -23,6 +23,7 @@ use serde_json::Value;
 use super::import::{check_name, unpack_layer, Packing};
 use super::progress::Progress;
 use super::store::{remove_tree, Blob, ImageRecord, LayerRecord, Store};
+use crate::cli::optlist::join_layers;
 use crate::cli::RunArgs;
 use crate::config::run::{hostname, DEFAULT_HOSTNAME};
 use crate::error::Error;
@@ -72,16 +73,7 @@ pub fn prepare(args: &RunArgs) -> Result<(RunArgs, ImageRun), Error> {
             store.root().display()
         ))
     })?;
-    let config_path = store.blob_path(&image.config.digest);
-    let config: Value = std::fs::read(&config_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            Error::setup(format!(
-                "cannot read the config '{}': the store is damaged",
-                config_path.display()
-            ))
-        })?;
+    let config = store.json_blob(&image.config.digest).map_err(setup)?;
     let hold = store.hold(&image).map_err(setup)?;
     let layers = super::lower_dirs(&store, &image);
     let dir = make_run_dir()?;
@@ -113,15 +105,6 @@ fn resolve(
     write_init_layer(&init, layers, host, args.net.as_deref() == Some("host"))?;
     let mut lowers = vec![init];
     lowers.extend(layers.iter().cloned());
-    let lower: Vec<String> = lowers
-        .iter()
-        .map(|d| {
-            d.display()
-                .to_string()
-                .replace('\\', "\\\\")
-                .replace(':', "\\:")
-        })
-        .collect();
     let cfg = &run.config["config"];
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -176,7 +159,7 @@ fn resolve(
         None => (None, None),
     };
     Ok(RunArgs {
-        lower: Some(lower.join(":")),
+        lower: Some(join_layers(&lowers)),
         upper,
         work,
         image: None,
@@ -376,16 +359,7 @@ fn commit(run: &ImageRun, new: &str) -> Result<(), Error> {
     }
     let store = Store::open(&run.store_dir)?;
     let lowers = super::lower_dirs(&store, &run.image);
-    let lower: Vec<String> = lowers
-        .iter()
-        .map(|d| {
-            d.display()
-                .to_string()
-                .replace('\\', "\\\\")
-                .replace(':', "\\:")
-        })
-        .collect();
-    let (upper_layer, lower_layers) = crate::diff::open_layers(&lower.join(":"), &upper)?;
+    let (upper_layer, lower_layers) = crate::diff::open_layers(&join_layers(&lowers), &upper)?;
     // The layer, gzipped, into the store's tmp/: its digest and diff id.
     let scratch = store.scratch("commit")?;
     let tmp = scratch.join("layer");
@@ -453,16 +427,7 @@ fn commit(run: &ImageRun, new: &str) -> Result<(), Error> {
         size: config_bytes.len() as u64,
         media_type: run.image.config.media_type.clone(),
     };
-    let manifest_path = store.blob_path(&run.image.manifest.digest);
-    let mut manifest: Value = std::fs::read(&manifest_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            Error::runtime(format!(
-                "cannot read the manifest '{}': the store is damaged",
-                manifest_path.display()
-            ))
-        })?;
+    let mut manifest = store.json_blob(&run.image.manifest.digest)?;
     manifest["config"]["digest"] = Value::from(config_blob.digest.clone());
     manifest["config"]["size"] = Value::from(config_blob.size);
     push(

@@ -257,6 +257,20 @@ impl Store {
         sync_dir(&self.root.join("blobs/sha256"))
     }
 
+    /// Blob `digest` (a manifest, a config) as JSON.
+    pub fn json_blob(&self, digest: &str) -> Result<serde_json::Value, Error> {
+        let path = self.blob_path(digest);
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                Error::runtime(format!(
+                    "cannot read '{}' as JSON: the store is damaged (import the image again)",
+                    path.display()
+                ))
+            })
+    }
+
     /// Writes blob `digest` holding `bytes` (already verified).
     pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), Error> {
         write_atomically(&self.blob_path(digest), bytes)
@@ -341,8 +355,7 @@ impl Store {
 
 /// Writes `bytes` to `path` through a new file beside it, synced and renamed over it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let tmp = crate::oci::partial_path(path);
     let res = (|| {
         let mut f = File::options().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;

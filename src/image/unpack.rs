@@ -402,11 +402,13 @@ impl Unpacker<'_> {
                     dir.mkdir(os, 0o755)
                         .map_err(|e| format!("cannot make its parent '{}': {e}", shown(&here)))?;
                     self.seen.insert(here.clone(), Seen::ImplicitDir);
-                    let mut meta = Meta {
+                    // No owner of its own in the archive: the importer's (root's, as root).
+                    let meta = Meta {
                         mode: 0o755,
+                        uid: sys::process::euid(),
+                        gid: sys::process::egid(),
                         ..Meta::default()
                     };
-                    meta.mtime = (0, 0);
                     self.dirs.push((here.clone(), meta));
                 }
             }
@@ -454,12 +456,9 @@ impl Unpacker<'_> {
 
     fn apply_to_file(&mut self, file: &File, meta: &Meta) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
-        if self.may_chown {
-            std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))
-                .map_err(|e| format!("cannot set its owner: {e}"))?;
-        } else if (meta.uid, meta.gid) != (sys::process::euid(), sys::process::egid()) {
-            self.done.owners_dropped += 1;
-        }
+        self.set_owner(meta, |u, g| {
+            std::os::unix::fs::fchown(file, Some(u), Some(g))
+        })?;
         file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
             .map_err(|e| format!("cannot set its mode: {e}"))?;
         for (name, value) in &meta.xattrs {
@@ -481,12 +480,7 @@ impl Unpacker<'_> {
         meta: &Meta,
         chmod: bool,
     ) -> Result<(), String> {
-        if self.may_chown {
-            dir.chown_child(name, Some(meta.uid), Some(meta.gid))
-                .map_err(|e| format!("cannot set its owner: {e}"))?;
-        } else if (meta.uid, meta.gid) != (sys::process::euid(), sys::process::egid()) {
-            self.done.owners_dropped += 1;
-        }
+        self.set_owner(meta, |u, g| dir.chown_child(name, Some(u), Some(g)))?;
         if chmod {
             dir.chmod_child(name, meta.mode)
                 .map_err(|e| format!("cannot set its mode: {e}"))?;
@@ -499,6 +493,23 @@ impl Unpacker<'_> {
         let t = SetTime::At(meta.mtime.0, meta.mtime.1);
         dir.set_times_child(name, t, t)
             .map_err(|e| format!("cannot set its times: {e}"))
+    }
+
+    /// Gives an object the owner `meta` says through `chown`, where this process may give
+    /// files away; elsewhere counts it as keeping the importer's (when that differs).
+    fn set_owner<E: std::fmt::Display>(
+        &mut self,
+        meta: &Meta,
+        chown: impl FnOnce(u32, u32) -> Result<(), E>,
+    ) -> Result<(), String> {
+        if self.may_chown {
+            chown(meta.uid, meta.gid).map_err(|e| format!("cannot set its owner: {e}"))
+        } else {
+            if (meta.uid, meta.gid) != (sys::process::euid(), sys::process::egid()) {
+                self.done.owners_dropped += 1;
+            }
+            Ok(())
+        }
     }
 
     /// An xattr the filesystem refuses: counted where it cannot hold it at all (or not for
@@ -526,10 +537,8 @@ impl Unpacker<'_> {
                 .root
                 .open_beneath(&rel)
                 .map_err(|e| fail(format!("cannot open it: {e}")))?;
-            if self.may_chown {
-                dir.chown(Some(meta.uid), Some(meta.gid))
-                    .map_err(|e| fail(format!("cannot set its owner: {e}")))?;
-            }
+            self.set_owner(&meta, |u, g| dir.chown(Some(u), Some(g)))
+                .map_err(fail)?;
             dir.chmod(meta.mode)
                 .map_err(|e| fail(format!("cannot set its mode: {e}")))?;
             for (name, value) in &meta.xattrs {

@@ -7,7 +7,18 @@ pub mod layer;
 pub mod tar;
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where a file for `out` is built before it is renamed over `out`: beside it, on the same
+/// filesystem, under a hidden name of this process.
+pub fn partial_path(out: &Path) -> PathBuf {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    dir.join(format!(".{name}.partial-{}", std::process::id()))
+}
 
 /// How a layer file is compressed, by its name: `.tar.gz`/`.tgz` gzip, `.tar.zst` zstd,
 /// `.tar` none; `None` for another name.

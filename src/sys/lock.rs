@@ -20,21 +20,18 @@ pub fn try_exclusive(file: &File) -> Result<bool, Errno> {
 
 /// Takes an exclusive flock on `file`, waiting for another holder to let go.
 pub fn exclusive(file: &File) -> Result<(), Errno> {
-    loop {
-        // SAFETY: the fd is live for the duration of the call; flock only reads it.
-        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        match check(ret.into()) {
-            Err(Errno::EINTR) => continue,
-            r => return r.map(drop),
-        }
-    }
+    wait_for_lock(file, libc::LOCK_EX)
 }
 
 /// Takes a shared flock on `file`, waiting while another holds an exclusive one.
 pub fn shared(file: &File) -> Result<(), Errno> {
+    wait_for_lock(file, libc::LOCK_SH)
+}
+
+fn wait_for_lock(file: &File, operation: i32) -> Result<(), Errno> {
     loop {
         // SAFETY: the fd is live for the duration of the call; flock only reads it.
-        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
+        let ret = unsafe { libc::flock(file.as_raw_fd(), operation) };
         match check(ret.into()) {
             Err(Errno::EINTR) => continue,
             r => return r.map(drop),
