@@ -76,7 +76,7 @@ pub fn prepare(args: &RunArgs) -> Result<(RunArgs, ImageRun), Error> {
     let config = store.json_blob(&image.config.digest).map_err(setup)?;
     let hold = store.hold(&image).map_err(setup)?;
     let layers = super::lower_dirs(&store, &image);
-    let dir = make_run_dir()?;
+    let dir = crate::runtime::private_dir("overlayfuse-image")?;
     let run = ImageRun {
         dir,
         store_dir: store.root().to_path_buf(),
@@ -172,27 +172,6 @@ fn resolve(
         user,
         ..args.clone()
     })
-}
-
-/// A directory of the run's own, under `$TMPDIR` (else `/var/tmp`), mode 0700.
-fn make_run_dir() -> Result<PathBuf, Error> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::var_os("TMPDIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    for n in 0..1000 {
-        let dir = base.join(format!("overlayfuse-image-{}-{n}", std::process::id()));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_setup("make a directory in", &base, e)),
-        }
-    }
-    Err(Error::setup(format!(
-        "'{}' is full of overlayfuse-image-* directories: remove the stale ones",
-        base.display()
-    )))
 }
 
 /// The topmost layer's own `rel` (a directory), or `None` where no layer has it.

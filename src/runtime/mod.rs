@@ -32,6 +32,7 @@ mod userns;
 mod workspace;
 
 pub use supervisor::run;
+pub(crate) use workspace::private_dir;
 
 use nix::sys::signal::{SigSet, Signal};
 

@@ -45,12 +45,14 @@ fn base() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp"))
 }
 
-fn make_private() -> Result<PathBuf, Error> {
+/// A new directory of this process under `$TMPDIR` (else `/var/tmp`), mode 0700, named
+/// `PREFIX-PID-N`.
+pub(crate) fn private_dir(prefix: &str) -> Result<PathBuf, Error> {
     use std::os::unix::fs::DirBuilderExt;
     let base = base();
     let pid = std::process::id();
     for n in 0..1000 {
-        let dir = base.join(format!("overlayfuse-run-{pid}-{n}"));
+        let dir = base.join(format!("{prefix}-{pid}-{n}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -63,7 +65,7 @@ fn make_private() -> Result<PathBuf, Error> {
         }
     }
     Err(Error::setup(format!(
-        "'{}' is full of overlayfuse-run-* directories: remove the stale ones",
+        "'{}' is full of {prefix}-* directories: remove the stale ones",
         base.display()
     )))
 }
@@ -96,7 +98,7 @@ impl Workspace {
                 upper,
                 keep_upper,
             } => {
-                let private = make_private()?;
+                let private = private_dir("overlayfuse-run")?;
                 let merged = private.join("merged");
                 let (upper, work, private_upper) = match upper {
                     Some((u, w)) => (u.clone(), w.clone(), false),
