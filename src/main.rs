@@ -18,6 +18,12 @@ fn run() -> Result<(), Error> {
         Command::Demo => demo::run(),
         Command::Diff(args) => diff::run(&args),
         Command::Commit(args) => commit::run(&args),
+        Command::Image(args) if !nix::unistd::geteuid().is_root() => {
+            // As a user: in a user namespace mapped as rootless runs are, so image files keep
+            // their owners (the user's subordinate ids) and can be removed again.
+            let code = runtime::as_mapped_root(|| exit_status(image::run(&args)))?;
+            std::process::exit(code);
+        }
         Command::Image(args) => image::run(&args),
         Command::Features => {
             features::run();
@@ -49,10 +55,21 @@ fn run() -> Result<(), Error> {
     }
 }
 
+/// The exit status of `result`, its error printed.
+fn exit_status(result: Result<(), Error>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            // An empty message was printed by another process of the command already.
+            if !e.message.is_empty() {
+                eprintln!("overlayfuse: {e}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
 fn main() {
     logger::init();
-    if let Err(e) = run() {
-        eprintln!("overlayfuse: {e}");
-        std::process::exit(e.exit_code());
-    }
+    std::process::exit(exit_status(run()));
 }

@@ -705,12 +705,17 @@ fn busybox_layout(s: &Scratch, name: &str) -> PathBuf {
     let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
     let mut bin = entry("bin/busybox", Kind::File(busybox.len() as u64));
     bin.mode = 0o755;
+    // A file of a user other than root.
+    let mut app = entry("app", Kind::File(1));
+    app.uid = 1000;
+    app.gid = 1000;
     let layer = tarball(&[
         (entry("bin", Kind::Dir), b""),
         (bin, &busybox),
         (entry("bin/sh", Kind::Symlink(b"busybox".to_vec())), b""),
         (entry("data", Kind::File(4)), b"kept"),
         (entry("gone", Kind::File(1)), b"g"),
+        (app, b"a"),
     ]);
     let dir = s.path(name);
     layout(&dir, &layer, None);
@@ -761,7 +766,8 @@ fn a_user_imports_runs_and_commits_an_image_rootless() {
         "--",
         "/bin/sh",
         "-c",
-        "id -u; cat /data; echo; cat /etc/hostname; echo new > /new; rm /gone",
+        "id -u; cat /data; echo; cat /etc/hostname; echo new > /new; rm /gone; \
+         mkdir /owned; echo o > /owned/f; chown -R 1000:1000 /owned",
     ]);
     let mut lines = said.lines();
     assert_eq!(lines.next(), Some("0"), "{said}");
@@ -775,6 +781,19 @@ fn a_user_imports_runs_and_commits_an_image_rootless() {
     );
     let top = lowers(&store, "next:1")[0].clone();
     assert_eq!(fs::read(top.join("new")).unwrap(), b"new\n");
+    // Owners are the container's: from the image, and from what the container made.
+    let owners = as_user(&[
+        "run",
+        "--store",
+        st,
+        "--image",
+        "next:1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "stat -c %u:%g /app /owned/f /new",
+    ]);
+    assert_eq!(owners, "1000:1000\n1000:1000\n0:0");
     let again = as_user(&[
         "run",
         "--store",

@@ -208,8 +208,9 @@ fn log_unpacked(n: usize, done: &Unpacked) {
     );
     if done.owners_dropped > 0 {
         log::warn!(
-            "layer {n}: {} objects keep the importing user as owner (only root can give \
-             files away)",
+            "layer {n}: {} objects keep the importing user as owner: their owners' ids are \
+             not this user's to give (root, or a user with ranges for them in /etc/subuid and \
+             /etc/subgid, keeps them)",
             done.owners_dropped
         );
     }

@@ -306,19 +306,41 @@ fn is_opaque(dir: &Path) -> bool {
 /// Ends an image run whose command exited with `code` (`None`: it never ran): commits the
 /// container's changes as a new image where `--commit` asked and the command succeeded,
 /// then removes the run's directory.
+///
+/// As a user, this happens as root of a user namespace mapped as the run's was
+/// ([`crate::runtime::as_mapped_root`]): the upper's files made by the container's other
+/// users belong to the user's subordinate ids, which only there read as the container's ids
+/// (the layer records those) and can be removed.
 pub fn finish(run: ImageRun, code: Option<i32>) -> Result<(), Error> {
-    let result = match (&run.commit, code) {
-        (Some(new), Some(0)) => commit(&run, new),
-        (Some(new), Some(code)) => {
-            log::warn!("not committed as '{new}': the command exited {code}");
-            Ok(())
+    let work = || {
+        let result = match (&run.commit, code) {
+            (Some(new), Some(0)) => commit(&run, new),
+            (Some(new), Some(code)) => {
+                log::warn!("not committed as '{new}': the command exited {code}");
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = remove_tree(&run.dir) {
+            log::warn!("{}", e.message);
         }
-        _ => Ok(()),
+        result
     };
-    if let Err(e) = remove_tree(&run.dir) {
-        log::warn!("{}", e.message);
+    if nix::unistd::geteuid().is_root() || run.commit.is_none() {
+        return work();
     }
-    result
+    let status = crate::runtime::as_mapped_root(|| match work() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("overlayfuse: {e}");
+            e.exit_code()
+        }
+    })?;
+    match status {
+        0 => Ok(()),
+        // Printed by the helper already.
+        _ => Err(Error::runtime("")),
+    }
 }
 
 /// The container's upper as a new layer on the image, recorded as `new`.

@@ -137,7 +137,11 @@ impl Store {
         let tmp = root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(|e| io_err("read", &tmp, e))? {
             let entry = entry.map_err(|e| io_err("read", &tmp, e))?;
-            remove_tree(&entry.path())?;
+            // What this process cannot remove (a user's, outside the user namespace its
+            // image commands use) waits for the next opening that can.
+            if let Err(e) = remove_tree(&entry.path()) {
+                log::warn!("{}", e.message);
+            }
         }
         let markers = Self::marker_format(&root)?;
         Ok(Store {

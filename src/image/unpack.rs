@@ -458,6 +458,7 @@ impl Unpacker<'_> {
         use std::os::unix::fs::PermissionsExt;
         self.set_owner(meta, |u, g| {
             std::os::unix::fs::fchown(file, Some(u), Some(g))
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
         })?;
         file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
             .map_err(|e| format!("cannot set its mode: {e}"))?;
@@ -496,20 +497,24 @@ impl Unpacker<'_> {
     }
 
     /// Gives an object the owner `meta` says through `chown`, where this process may give
-    /// files away; elsewhere counts it as keeping the importer's (when that differs).
-    fn set_owner<E: std::fmt::Display>(
+    /// files away; elsewhere, and for ids its user namespace does not map (`EINVAL`),
+    /// counts it as keeping the importer's (when that differs).
+    fn set_owner(
         &mut self,
         meta: &Meta,
-        chown: impl FnOnce(u32, u32) -> Result<(), E>,
+        chown: impl FnOnce(u32, u32) -> Result<(), Errno>,
     ) -> Result<(), String> {
         if self.may_chown {
-            chown(meta.uid, meta.gid).map_err(|e| format!("cannot set its owner: {e}"))
-        } else {
-            if (meta.uid, meta.gid) != (sys::process::euid(), sys::process::egid()) {
-                self.done.owners_dropped += 1;
+            match chown(meta.uid, meta.gid) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EINVAL) => {}
+                Err(e) => return Err(format!("cannot set its owner: {e}")),
             }
-            Ok(())
         }
+        if (meta.uid, meta.gid) != (sys::process::euid(), sys::process::egid()) {
+            self.done.owners_dropped += 1;
+        }
+        Ok(())
     }
 
     /// An xattr the filesystem refuses: counted where it cannot hold it at all (or not for

@@ -25,12 +25,14 @@ mod container;
 mod init;
 mod keeper;
 mod link;
+mod mapped;
 mod rootfs;
 mod seccomp;
 mod supervisor;
 mod userns;
 mod workspace;
 
+pub use mapped::as_mapped_root;
 pub use supervisor::run;
 pub(crate) use workspace::private_dir;
 
