@@ -781,30 +781,15 @@ fn a_user_imports_runs_and_commits_an_image_rootless() {
     );
     let top = lowers(&store, "next:1")[0].clone();
     assert_eq!(fs::read(top.join("new")).unwrap(), b"new\n");
+    let in_next = |script: &str| {
+        as_user(&[
+            "run", "--store", st, "--image", "next:1", "--", "/bin/sh", "-c", script,
+        ])
+    };
     // Owners are the container's: from the image, and from what the container made.
-    let owners = as_user(&[
-        "run",
-        "--store",
-        st,
-        "--image",
-        "next:1",
-        "--",
-        "/bin/sh",
-        "-c",
-        "stat -c %u:%g /app /owned/f /new",
-    ]);
+    let owners = in_next("stat -c %u:%g /app /owned/f /new");
     assert_eq!(owners, "1000:1000\n1000:1000\n0:0");
-    let again = as_user(&[
-        "run",
-        "--store",
-        st,
-        "--image",
-        "next:1",
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat /new; ls /gone 2>/dev/null || echo deleted",
-    ]);
+    let again = in_next("cat /new; ls /gone 2>/dev/null || echo deleted");
     assert_eq!(again, "new\ndeleted");
     assert_eq!(entries(&tmp), 0, "the run's directories were left behind");
 }
