@@ -577,17 +577,22 @@ fn sparse_entries_unpack_and_an_impossible_one_is_refused() {
         "printf end | dd of={} bs=1 seek=4194301 conv=notrunc 2>/dev/null",
         src.join("holes").display()
     )));
-    let layer = s.path("sparse.tar");
-    must(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&src)
-            .args(["--format=gnu", "-S", "-cf"])
-            .arg(&layer)
-            .arg("holes"),
-    );
-    let dir = s.path("layout-sparse");
-    layout(&dir, &fs::read(&layer).unwrap(), None);
+    // `holes` archived by GNU tar as a sparse entry, as the one layer of layout `name`.
+    let sparse_layout = |name: &str| {
+        let layer = s.path(&format!("{name}.tar"));
+        must(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&src)
+                .args(["--format=gnu", "-S", "-cf"])
+                .arg(&layer)
+                .arg("holes"),
+        );
+        let dir = s.path(name);
+        layout(&dir, &fs::read(&layer).unwrap(), None);
+        dir
+    };
+    let dir = sparse_layout("layout-sparse");
     let store = s.path("store");
     ok(ofs(&store, &["import", dir.to_str().unwrap()]));
     let l = lowers(&store, "hostile:1");
@@ -602,17 +607,7 @@ fn sparse_entries_unpack_and_an_impossible_one_is_refused() {
             .args(["-s", "8T"])
             .arg(src.join("holes")),
     );
-    let huge = s.path("huge.tar");
-    must(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&src)
-            .args(["--format=gnu", "-S", "-cf"])
-            .arg(&huge)
-            .arg("holes"),
-    );
-    let dir = s.path("layout-huge");
-    layout(&dir, &fs::read(&huge).unwrap(), None);
+    let dir = sparse_layout("layout-huge");
     refused(
         &s,
         &dir,

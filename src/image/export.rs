@@ -14,7 +14,9 @@ use crate::error::Error;
 use crate::oci::partial_path;
 use crate::oci::tar::{Header, Kind, Writer};
 
-fn entry(path: &str, kind: Kind) -> Header {
+/// A header for `path` of kind `kind`, owned by root, mode 0755 (directories) or 0644,
+/// time 0.
+pub(super) fn entry(path: &str, kind: Kind) -> Header {
     let mode = if kind == Kind::Dir { 0o755 } else { 0o644 };
     Header {
         path: path.as_bytes().to_vec(),

@@ -13,19 +13,9 @@ use crate::oci::tar::{Header, Kind, Writer};
 use crate::sys::Dir;
 
 fn h(path: &str, kind: Kind) -> Header {
-    let mode = match kind {
-        Kind::Dir => 0o755,
-        _ => 0o644,
-    };
     Header {
-        path: path.as_bytes().to_vec(),
-        kind,
-        mode,
-        uid: 0,
-        gid: 0,
         mtime: 1_000_000,
-        mtime_nsec: 0,
-        xattrs: Vec::new(),
+        ..super::export::entry(path, kind)
     }
 }
 
